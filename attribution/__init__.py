@@ -1,0 +1,1 @@
+"""Training-data attribution: concept probes and scorers, Hugging Face LMs and the Sokoban planning agent."""
