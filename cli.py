@@ -1,0 +1,229 @@
+"""The `mval` command line: a thin layer over the Python API in `mval/` and `attribution/`.
+
+Every command raises `MvalError` for input the user can fix; the group prints it as one line on
+stderr and exits with code 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import importlib
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from mval.errors import MvalError
+from mval.ingest import FORMATS, ingest_file
+from mval.output import emit, format_option
+from mval.policies import add_policy
+from mval.query import run_query
+from mval.store import init_store, open_store
+
+
+class MvalGroup(click.Group):
+    """A click group that turns MvalError into `Error: ...` and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MvalError as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=MvalGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mval")
+def main() -> None:
+    """mval: curate logged bandit feedback and training data.
+
+    \b
+    Start here:  mval demo
+    Example:     mval init logs.duckdb && mval ingest logs.duckdb log.parquet --logger prod
+    """
+
+
+@main.command()
+@click.argument("store", type=click.Path(dir_okay=False))
+def init(store: str) -> None:
+    """Create a new, empty store (a DuckDB file).
+
+    \b
+    Example:
+      mval init logs.duckdb
+    """
+    path = init_store(store)
+    click.echo(f"created store {path}")
+
+
+def _parse_map(pairs: tuple[str, ...]) -> dict[str, str]:
+    mapping = {}
+    for pair in pairs:
+        store_col, sep, file_col = pair.partition("=")
+        if not sep or not store_col or not file_col:
+            raise MvalError(f"--map {pair}: expected STORE_COLUMN=FILE_COLUMN, e.g. --map reward=click")
+        mapping[store_col] = file_col
+    return mapping
+
+
+@main.command()
+@click.argument("store", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--logger", required=True, help="Name of the logging policy (or batch) that produced the file.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="generic", show_default=True,
+              help="generic: the store's column names; obd: the Open Bandit Dataset layout.")
+@click.option("--map", "mapping", multiple=True, metavar="STORE_COL=FILE_COL",
+              help="Rename a file column to a store column (repeatable).")
+@click.option("--features", help="Gather these numeric columns into `features` (comma list, globs allowed: 'x_*').")
+@click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="How to print the result.")
+def ingest(store: str, file: str, logger: str, fmt: str, mapping: tuple[str, ...], features: str | None,
+           output: str) -> None:
+    """Load a log file (CSV, Parquet or JSON lines) into the store's events.
+
+    The file is validated first (propensities in (0, 1], integer actions >= 0, finite rewards);
+    a bad file is refused with its row and column and the store is left unchanged. The same
+    file content ingested twice adds nothing.
+
+    \b
+    Examples:
+      mval ingest logs.duckdb log.parquet --logger prod
+      mval ingest logs.duckdb obd/random/all/all.csv --logger random --format obd
+      mval ingest logs.duckdb log.csv --logger prod --map reward=click --features 'x_*'
+    """
+    feature_patterns = [f.strip() for f in features.split(",")] if features else None
+    with open_store(store) as con:
+        result = ingest_file(con, file, logger, fmt, _parse_map(mapping), feature_patterns)
+    if output == "json":
+        emit([result.to_dict()], "json")
+    elif result.skipped:
+        click.echo(f"{file}: already ingested (ingest {result.ingest_id}, logger {result.logger!r}); nothing added")
+    else:
+        click.echo(f"ingested {result.rows} rows from {file} as logger {result.logger!r} (ingest {result.ingest_id})")
+
+
+@main.command()
+@click.argument("store", type=click.Path(dir_okay=False))
+@click.argument("sql")
+@format_option("table", "csv", "json", "parquet")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), help="Write to FILE instead of printing.")
+def query(store: str, sql: str, fmt: str, out: str | None) -> None:
+    """Run SQL on the store, read-only.
+
+    Views for everyday questions: logger_summary, action_summary, policy_summary, ingest_log.
+
+    \b
+    Examples:
+      mval query logs.duckdb "SELECT * FROM logger_summary"
+      mval query logs.duckdb "SELECT action, avg(reward) FROM events GROUP BY 1" --format csv
+      mval query logs.duckdb "SELECT * FROM events" --format parquet -o events.parquet
+    """
+    emit(run_query(store, sql), fmt, out)
+
+
+@main.group()
+def policy() -> None:
+    """Target, logging and designed policies (context_id, action, prob)."""
+
+
+@policy.command("add")
+@click.argument("store", type=click.Path(dir_okay=False))
+@click.argument("name")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--replace", is_flag=True, help="Replace a policy of the same name.")
+def policy_add(store: str, name: str, file: str, replace: bool) -> None:
+    """Add a policy from CSV/Parquet/JSON lines with columns context_id, action, prob.
+
+    Probabilities must lie in [0, 1] and sum to 1 within 1e-6 for each context. An empty
+    context_id means the same distribution for every context. Name a logger's policy like the
+    logger so balanced estimators can use it.
+
+    \b
+    Example:
+      mval policy add logs.duckdb new-ranker target_policy.csv
+    """
+    with open_store(store) as con:
+        rows = add_policy(con, name, file, replace=replace)
+    click.echo(f"added policy {name!r} ({rows} rows)")
+
+
+@policy.command("list")
+@click.argument("store", type=click.Path(dir_okay=False))
+@format_option("table", "csv", "json")
+def policy_list(store: str, fmt: str) -> None:
+    """List the policies in the store.
+
+    \b
+    Example:
+      mval policy list logs.duckdb
+    """
+    emit(run_query(store, "SELECT * FROM policy_summary"), fmt)
+
+
+# Commands whose modules may not be present in every checkout stage are registered when importable.
+_PLUGGED = (
+    ("mval.commands.evaluate", "evaluate"),
+    ("mval.commands.design", "design"),
+    ("mval.commands.simulate", "simulate"),
+    ("attribution.commands", "examples"),
+    ("attribution.commands", "probe"),
+    ("attribution.commands", "score"),
+    ("attribution.commands", "curate"),
+    ("attribution.sokoban.commands", "sokoban"),
+)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False), default="mval-demo")
+def demo(folder: str) -> None:
+    """Walk through mval on a built-in example log (writes into FOLDER).
+
+    Creates a store, ingests a generated log, queries it, adds the logger's and a target
+    policy, evaluates the target off-policy and designs the next logging policy, printing
+    each command and its output.
+
+    \b
+    Example:
+      mval demo mval-demo
+    """
+    from mval.demo import write_example
+
+    folder_path = Path(folder)
+    store = folder_path / "demo.duckdb"
+    if store.exists():
+        raise MvalError(f"{store}: already exists; give another FOLDER or delete it to rerun the demo")
+    paths = write_example(folder_path)
+    steps = [
+        ["init", str(store)],
+        ["ingest", str(store), str(paths["log"]), "--logger", "pi0"],
+        ["query", str(store), "SELECT * FROM logger_summary"],
+        ["policy", "add", str(store), "pi0", str(paths["logger_policy"])],
+        ["policy", "add", str(store), "target", str(paths["target_policy"])],
+    ]
+    if "evaluate" in main.commands:
+        steps.append(["evaluate", str(store), "--policy", "target", "--estimator", "ips,snips,dr,balanced-ips"])
+    if "design" in main.commands:
+        steps.append(["design", str(store), "--target", "target", "--budget", "5000", "--save-as", "mval-next"])
+        steps.append(["query", str(store), "SELECT context_id, action, round(prob, 3) AS prob FROM policies "
+                      "WHERE policy = 'mval-next' AND context_id = 'c00' ORDER BY action"])
+    click.echo(f"# the example: {paths['log']} (5,000 rows, 20 contexts, 5 actions, logged by pi0)")
+    for args in steps:
+        click.echo(f"\n$ mval {shlex.join(args)}")
+        main.main(args, prog_name="mval", standalone_mode=False)
+
+
+def _register_plugins() -> None:
+    for module_name, command in _PLUGGED:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+                continue  # that part of mval is not in this build
+            raise
+        main.add_command(getattr(module, command))
+
+
+_register_plugins()
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Load a log file (CSV, Parquet, JSON lines) into `events`, validated in SQL, in one transaction.
+
+Formats:
+- `generic`: the store's own column names (`action`, `propensity`, `reward`; optional `context_id`,
+  `features`, `action_probs`, `position`, `ts`), renamed with `mapping` {store_col: file_col};
+  features from one list column or gathered from several numeric columns (`features=[...]`, globs allowed).
+- `obd`: the Open Bandit Dataset layout (timestamp, item_id, position, click, propensity_score,
+  user_feature_*, user-item_affinity_*): action = item_id, reward = click, context_id = the
+  user features joined by '|', features = the user-item affinities. Positions are kept as published.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import duckdb
+
+from mval.errors import MvalError
+from mval.files import file_reader, relation_for_file
+from mval.store import load_sql, transaction
+
+FORMATS = ("generic", "obd")
+STORE_COLUMNS = ("context_id", "features", "action", "propensity", "reward", "action_probs", "position", "ts")
+REQUIRED = ("action", "propensity", "reward")
+
+# rule -> (column, what it must be, how to fix)
+RULES = {
+    "bad_action": ("action", "a non-negative integer", "actions are 0-based integers"),
+    "bad_propensity": ("propensity", "in (0, 1]", "log the probability of the shown action under the logger"),
+    "bad_reward": ("reward", "a finite number", "drop or fill rows with missing rewards"),
+    "bad_position": ("position", "a non-negative integer or empty", "fix the position column"),
+    "bad_action_probs": (
+        "action_probs",
+        "a distribution over actions (sums to 1, covers the action, equals propensity at the action)",
+        "log the logger's full distribution or drop the column",
+    ),
+    "bad_features": ("features", "numbers only", "fill or drop missing feature values"),
+    "bad_ts": ("ts", "a timestamp", "use ISO 8601 (2024-01-31 12:00:00)"),
+}
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What one `ingest_file` call did."""
+
+    path: str
+    logger: str
+    ingest_id: int | None
+    rows: int
+    skipped: bool  # the same content was ingested before: nothing added
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of the file's bytes: the same content ingested twice adds nothing."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _timestamp_expr(column: str, type_name: str) -> str:
+    if type_name.startswith("TIMESTAMP WITH TIME ZONE"):
+        return f"timezone('UTC', {_ident(column)})"  # stored as UTC wall time, no pytz round trip
+    return f"TRY_CAST({_ident(column)} AS TIMESTAMP)"
+
+
+def _resolve_features(columns: list[str], patterns: list[str], path: Path) -> list[str]:
+    chosen = [c for c in columns if any(fnmatch.fnmatchcase(c, p) for p in patterns)]
+    if not chosen:
+        raise MvalError(f"{path}: no column matches --features {','.join(patterns)}; columns are {', '.join(columns)}")
+    return chosen
+
+
+def _generic_columns(
+    columns: list[str], types: dict[str, str], path: Path, mapping: dict[str, str], features: list[str] | None
+) -> dict[str, str]:
+    unknown = sorted(set(mapping) - set(STORE_COLUMNS))
+    if unknown:
+        raise MvalError(f"--map {unknown[0]}=...: unknown store column; store columns are {', '.join(STORE_COLUMNS)}")
+    source = {col: mapping.get(col, col) for col in STORE_COLUMNS}
+    for col, src in mapping.items():
+        if src not in columns:
+            raise MvalError(f"{path}: --map {col}={src}: no column {src!r} in the file")
+    missing = [f"{col} (file column {source[col]!r})" for col in REQUIRED if source[col] not in columns]
+    if missing:
+        raise MvalError(
+            f"{path}: missing column {missing[0]}; rename it with --map {missing[0].split()[0]}=FILE_COLUMN"
+        )
+    exprs = {
+        "context_id": "CAST({} AS TEXT)",
+        "action": "TRY_CAST({} AS DOUBLE)",
+        "propensity": "TRY_CAST({} AS DOUBLE)",
+        "reward": "TRY_CAST({} AS DOUBLE)",
+        "action_probs": "TRY_CAST({} AS DOUBLE[])",
+        "position": "TRY_CAST({} AS DOUBLE)",
+        "features": "TRY_CAST({} AS DOUBLE[])",
+    }
+    out = {col: expr.format(_ident(source[col])) for col, expr in exprs.items() if source[col] in columns}
+    if features:
+        cols = _resolve_features(columns, features, path)
+        out["features"] = "[" + ", ".join(f"TRY_CAST({_ident(c)} AS DOUBLE)" for c in cols) + "]"
+    if source["ts"] in columns:
+        out["ts"] = _timestamp_expr(source["ts"], types[source["ts"]])
+        out["_ts_raw"] = f"CAST({_ident(source['ts'])} AS TEXT)"
+    return out
+
+
+def _obd_columns(columns: list[str], types: dict[str, str], path: Path) -> dict[str, str]:
+    need = ["timestamp", "item_id", "position", "click", "propensity_score"]
+    missing = [c for c in need if c not in columns]
+    if missing:
+        raise MvalError(
+            f"{path}: missing column {missing[0]!r} of the Open Bandit Dataset layout; "
+            "use --format generic for other layouts"
+        )
+    users = [c for c in columns if c.startswith("user_feature_")]
+    affinities = [c for c in columns if c.startswith("user-item_affinity_")]
+    out = {
+        "action": 'TRY_CAST("item_id" AS DOUBLE)',
+        "propensity": 'TRY_CAST("propensity_score" AS DOUBLE)',
+        "reward": 'TRY_CAST("click" AS DOUBLE)',
+        "position": 'TRY_CAST("position" AS DOUBLE)',
+        "ts": _timestamp_expr("timestamp", types["timestamp"]),
+        "_ts_raw": 'CAST("timestamp" AS TEXT)',
+    }
+    if users:
+        out["context_id"] = "concat_ws('|', " + ", ".join(f"CAST({_ident(c)} AS TEXT)" for c in users) + ")"
+    if affinities:
+        out["features"] = "[" + ", ".join(f"TRY_CAST({_ident(c)} AS DOUBLE)" for c in affinities) + "]"
+    return out
+
+
+def _stage(con: duckdb.DuckDBPyConnection, path: Path, exprs: dict[str, str]) -> None:
+    """Create the temp view `staged` (typed store columns + `_row`, 1-based row in the file)."""
+    typed = {
+        "context_id": "CAST(NULL AS TEXT)",
+        "features": "CAST(NULL AS DOUBLE[])",
+        "action_probs": "CAST(NULL AS DOUBLE[])",
+        "position": "CAST(NULL AS DOUBLE)",
+        "ts": "CAST(NULL AS TIMESTAMP)",
+        "_ts_raw": "CAST(NULL AS TEXT)",
+    } | exprs
+    select = ", ".join(f"{expr} AS {name}" for name, expr in typed.items())
+    reader = file_reader(path)
+    if reader == "read_parquet":  # the row number comes free with the scan
+        source = "SELECT *, file_row_number + 1 AS _row FROM read_parquet(?, file_row_number = true)"
+    else:
+        source = f"SELECT *, row_number() OVER () AS _row FROM {reader}(?)"
+    con.sql(f"SELECT {select}, _row FROM ({source})", params=[str(path)]).create_view("staged", replace=True)
+
+
+def _first_violation(con: duckdb.DuckDBPyConnection, path: Path, rule: str, count: int) -> MvalError:
+    column, must_be, fix = RULES[rule]
+    row, value = con.execute(
+        f"SELECT c._row, CAST(s.{column} AS TEXT) FROM staged_checks c JOIN staged s USING (_row) "
+        f"WHERE c.{rule} ORDER BY c._row LIMIT 1"
+    ).fetchall()[0]
+    found = "missing or not a number" if value is None else f"found {value}"
+    more = f" ({count - 1} more rows like it)" if count > 1 else ""
+    return MvalError(f"{path}: row {row}, column {column}: must be {must_be}, {found}{more}; {fix}")
+
+
+def _validate(con: duckdb.DuckDBPyConnection, path: Path) -> int:
+    """Run every rule over the staged rows in one scan; raise on the first failing rule. Returns rows."""
+    con.execute(load_sql("ingest_checks"))
+    counts_sql = "SELECT count(*), " + ", ".join(f"count_if({rule})" for rule in RULES) + " FROM staged_checks"
+    rows, *counts = con.execute(counts_sql).fetchall()[0]
+    for rule, count in zip(RULES, counts):
+        if count:
+            raise _first_violation(con, path, rule, count)
+    if rows == 0:
+        raise MvalError(f"{path}: the file has no rows")
+    dims = con.execute(
+        "SELECT DISTINCT len(features) FROM staged WHERE features IS NOT NULL "
+        "UNION SELECT DISTINCT len(features) FROM events WHERE features IS NOT NULL"
+    ).fetchall()
+    if len(dims) > 1:
+        sizes = ", ".join(str(d[0]) for d in sorted(dims))
+        raise MvalError(
+            f"{path}: column features: every row (and the rows already in the store) must have the same "
+            f"number of features, found lengths {sizes}; give each context vector the same dimension"
+        )
+    return rows
+
+
+def ingest_file(
+    con: duckdb.DuckDBPyConnection,
+    path: str | Path,
+    logger: str,
+    fmt: str = "generic",
+    mapping: dict[str, str] | None = None,
+    features: list[str] | None = None,
+) -> IngestResult:
+    """Validate `path` in SQL and append its rows to `events` in one transaction (all or nothing)."""
+    path = Path(path)
+    if not logger.strip():
+        raise MvalError("--logger must be a non-empty name (the logging policy or batch that produced the file)")
+    if fmt not in FORMATS:
+        raise MvalError(f"--format {fmt}: unknown; use one of {', '.join(FORMATS)}")
+    rel = relation_for_file(con, path)
+    digest = content_hash(path)
+    seen = con.execute("SELECT ingest_id, logger FROM ingests WHERE content_hash = ?", [digest]).fetchall()
+    if seen:
+        return IngestResult(str(path), seen[0][1], seen[0][0], 0, skipped=True)
+    types = dict(zip(rel.columns, (str(t) for t in rel.types)))
+    if fmt == "obd":
+        exprs = _obd_columns(rel.columns, types, path)
+    else:
+        exprs = _generic_columns(rel.columns, types, path, mapping or {}, features)
+    try:
+        _stage(con, path, exprs)
+        rows = _validate(con, path)
+        with transaction(con):
+            first_event, ingest_id = con.execute(
+                "SELECT coalesce(max(event_id), -1) + 1, nextval('ingest_id_seq') FROM events"
+            ).fetchall()[0]
+            con.execute(
+                "INSERT INTO ingests (ingest_id, path, content_hash, format, logger, rows, first_event) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [ingest_id, str(path.resolve()), digest, fmt, logger, rows, first_event],
+            )
+            con.execute(
+                load_sql("ingest_insert"),
+                {"first_event": first_event, "ingest_id": ingest_id, "logger": logger},
+            )
+    except duckdb.Error as e:
+        raise MvalError(f"{path}: ingest failed, store unchanged ({str(e).splitlines()[0]})") from e
+    finally:
+        con.execute("DROP VIEW IF EXISTS staged_checks")
+        con.execute("DROP VIEW IF EXISTS staged")
+    return IngestResult(str(path), logger, int(ingest_id), int(rows), skipped=False)

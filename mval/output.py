@@ -1,0 +1,84 @@
+"""One way to print results on every command: `--format table|json|csv` (and parquet for queries)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import polars as pl
+
+from mval.errors import MvalError
+
+TABLE_ROWS = 40  # rows shown on a terminal; csv/json/parquet are always complete
+TABLE_STR = 40  # characters shown per text cell on a terminal
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def to_frame(data: pl.DataFrame | Sequence[dict]) -> pl.DataFrame:
+    if isinstance(data, pl.DataFrame):
+        return data
+    return pl.DataFrame([_clean(dict(r)) for r in data], infer_schema_length=None)
+
+
+def render(data: pl.DataFrame | Sequence[dict], fmt: str) -> str:
+    """The text a command prints for `data` in format `fmt` (table, json, csv)."""
+    if fmt == "json":  # a JSON list, one object per line
+        records = data.to_dicts() if isinstance(data, pl.DataFrame) else list(data)
+        if not records:
+            return "[]"
+        return "[\n" + ",\n".join(json.dumps(_clean(r), default=str) for r in records) + "\n]"
+    frame = to_frame(data)
+    if fmt == "csv":
+        return frame.write_csv().rstrip("\n")
+    if fmt == "table":
+        with pl.Config(
+            tbl_rows=TABLE_ROWS, fmt_str_lengths=TABLE_STR, tbl_hide_dataframe_shape=True,
+            tbl_hide_column_data_types=True, tbl_width_chars=160, float_precision=None,
+        ):
+            text = str(frame)
+        if frame.height > TABLE_ROWS:
+            text += f"\n({frame.height} rows; --format csv or json prints them all)"
+        return text
+    raise MvalError(f"--format {fmt}: unknown; use table, json or csv")
+
+
+def emit(data: pl.DataFrame | Sequence[dict], fmt: str, path: str | Path | None = None) -> None:
+    """Print `data` (or write it to `path`); parquet needs a path."""
+    if fmt == "parquet":
+        if path is None:
+            raise MvalError("--format parquet writes a binary file: give -o FILE.parquet")
+        to_frame(data).write_parquet(path)
+        return
+    text = render(data, fmt)
+    if path is None:
+        click.echo(text)
+    else:
+        Path(path).write_text(text + "\n")
+
+
+def format_option(*choices: str, default: str = "table") -> Callable:
+    """`--format` with the given choices (shared by every command)."""
+    return click.option(
+        "--format", "fmt", type=click.Choice(choices), default=default, show_default=True,
+        help="Output format: table for people, json/csv for scripts.",
+    )
+
+
+def stderr(message: str) -> None:
+    click.echo(message, err=True)
+
+
+__all__ = ["emit", "format_option", "render", "stderr", "to_frame"]

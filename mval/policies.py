@@ -1,0 +1,111 @@
+"""Policies in the store: long format (policy, context_id, action, prob), read as dense matrices.
+
+A policy with `context_id` NULL is context-free: the same distribution for every context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+from mval.errors import MvalError
+from mval.files import relation_for_file
+from mval.store import load_sql, transaction
+
+POLICY_COLUMNS = ("context_id", "action", "prob")
+
+
+@dataclass(frozen=True)
+class PolicyTable:
+    """pi(a | x) as a dense matrix: `probs[i, a]` for context `context_ids[i]` (None: context-free)."""
+
+    name: str
+    context_ids: np.ndarray | None
+    probs: np.ndarray
+
+    @property
+    def n_actions(self) -> int:
+        return self.probs.shape[1]
+
+    def probs_for(self, context_ids: np.ndarray) -> np.ndarray:
+        """Rows of pi for the given contexts, shape (len(context_ids), n_actions)."""
+        if self.context_ids is None:
+            return np.broadcast_to(self.probs[0], (len(context_ids), self.n_actions))
+        order = np.argsort(self.context_ids)
+        sorted_ids = self.context_ids[order]
+        pos = np.searchsorted(sorted_ids, context_ids)
+        pos = np.clip(pos, 0, len(sorted_ids) - 1)
+        found = sorted_ids[pos] == context_ids
+        if not found.all():
+            missing = str(context_ids[~found][0])
+            raise MvalError(
+                f"policy {self.name!r} has no row for context_id {missing!r}; "
+                "add that context to the policy file (or give a context-free policy with an empty context_id)"
+            )
+        return self.probs[order[pos]]
+
+
+def add_policy(con: duckdb.DuckDBPyConnection, name: str, path: str | Path, replace: bool = False) -> int:
+    """Validate and store a policy file (CSV/Parquet/JSON with context_id, action, prob); returns rows."""
+    rel = relation_for_file(con, path)
+    missing = [c for c in POLICY_COLUMNS if c not in rel.columns]
+    if missing:
+        raise MvalError(f"{path}: missing column(s) {', '.join(missing)}; a policy file has columns context_id, action, prob")
+    con.register("staged_policy_raw", rel)
+    try:
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE staged_policy AS SELECT CAST(context_id AS TEXT) AS context_id, "
+            "TRY_CAST(action AS DOUBLE) AS action, TRY_CAST(prob AS DOUBLE) AS prob FROM staged_policy_raw"
+        )
+    except duckdb.Error as e:
+        raise MvalError(f"{path}: cannot read policy ({str(e).splitlines()[0]})") from e
+    finally:
+        con.unregister("staged_policy_raw")
+    problems = con.execute(load_sql("policy_validate")).fetchall()
+    if problems:
+        problem, context_id, found = problems[0]
+        raise MvalError(f"{path}: context_id {context_id!r}: {problem}, found {found}; fix the file and retry")
+    with transaction(con):
+        exists = con.execute("SELECT count(*) FROM policies WHERE policy = ?", [name]).fetchall()[0][0]
+        if exists and not replace:
+            raise MvalError(f"policy {name!r} already exists in the store; pick another name or pass --replace")
+        con.execute("DELETE FROM policies WHERE policy = ?", [name])
+        con.execute(
+            "INSERT INTO policies SELECT ?, context_id, CAST(action AS INTEGER), prob FROM staged_policy", [name]
+        )
+        rows = con.execute("SELECT count(*) FROM staged_policy").fetchall()[0][0]
+    con.execute("DROP TABLE staged_policy")
+    return rows
+
+
+def policy_names(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [r[0] for r in con.execute("SELECT DISTINCT policy FROM policies ORDER BY 1").fetchall()]
+
+
+def load_policy(con: duckdb.DuckDBPyConnection, name: str, n_actions: int | None = None) -> PolicyTable:
+    """Read policy `name` into a dense matrix; missing (context, action) pairs get probability 0."""
+    df = con.sql(
+        "SELECT context_id, action, prob FROM policies WHERE policy = ? ORDER BY context_id, action",
+        params=[name],
+    ).pl()
+    if df.height == 0:
+        known = ", ".join(policy_names(con)) or "none"
+        raise MvalError(f"no policy named {name!r} in the store (known: {known}); add it with `mval policy add`")
+    k = int(df["action"].max()) + 1
+    if n_actions is not None:
+        if k > n_actions:
+            raise MvalError(f"policy {name!r} uses action {k - 1} but the log has {n_actions} actions (0..{n_actions - 1})")
+        k = n_actions
+    if df["context_id"].null_count() == df.height:
+        probs = np.zeros((1, k))
+        probs[0, df["action"].to_numpy()] = df["prob"].to_numpy()
+        return PolicyTable(name, None, probs)
+    if df["context_id"].null_count():
+        raise MvalError(f"policy {name!r} mixes rows with and without context_id; give every row a context_id")
+    contexts, index = np.unique(df["context_id"].to_numpy().astype(str), return_inverse=True)
+    probs = np.zeros((len(contexts), k))
+    probs[index, df["action"].to_numpy()] = df["prob"].to_numpy()
+    return PolicyTable(name, contexts, probs)

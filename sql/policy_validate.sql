@@ -1,0 +1,16 @@
+-- Problems in a staged policy table `staged_policy(context_id, action, prob)`, worst first.
+-- One row per problem: what, the context it is in, and the value found.
+WITH checks AS (
+    SELECT 'action must be a non-negative integer' AS problem, context_id, CAST(action AS TEXT) AS found
+    FROM staged_policy WHERE action IS NULL OR action < 0 OR action <> floor(action)
+    UNION ALL
+    SELECT 'prob must be in [0, 1]', context_id, CAST(prob AS TEXT)
+    FROM staged_policy WHERE prob IS NULL OR isnan(prob) OR prob < 0 OR prob > 1
+    UNION ALL
+    SELECT 'probabilities of a context must sum to 1 (within 1e-6)', context_id, CAST(sum(prob) AS TEXT)
+    FROM staged_policy GROUP BY context_id HAVING abs(sum(prob) - 1) > 1e-6
+    UNION ALL
+    SELECT 'each (context_id, action) must appear once', context_id, CAST(action AS TEXT)
+    FROM staged_policy GROUP BY context_id, action HAVING count(*) > 1
+)
+SELECT * FROM checks LIMIT 5;

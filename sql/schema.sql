@@ -1,0 +1,66 @@
+-- mval store schema, version 1. Applied by `mval init` in one transaction.
+CREATE TABLE mval_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+CREATE SEQUENCE ingest_id_seq START 1;
+
+-- One row per ingested file: ingesting the same content twice adds nothing.
+CREATE TABLE ingests (
+    ingest_id    INTEGER PRIMARY KEY,
+    path         TEXT NOT NULL,
+    content_hash TEXT NOT NULL UNIQUE,
+    format       TEXT NOT NULL,
+    logger       TEXT NOT NULL,
+    rows         BIGINT NOT NULL,
+    first_event  BIGINT NOT NULL,
+    ingested_at  TIMESTAMP NOT NULL DEFAULT current_localtimestamp()
+);
+
+-- One row per logged interaction. event_id is dense and increasing in ingest order.
+CREATE TABLE events (
+    event_id     BIGINT NOT NULL,
+    ingest_id    INTEGER NOT NULL,
+    logger       TEXT NOT NULL,
+    context_id   TEXT,
+    features     DOUBLE[],
+    action       INTEGER NOT NULL,
+    propensity   DOUBLE NOT NULL,
+    reward       DOUBLE NOT NULL,
+    action_probs DOUBLE[],
+    position     INTEGER,
+    ts           TIMESTAMP
+);
+
+-- Policies in long format: target, logging and designed policies.
+-- context_id NULL means "every context" (a context-free policy).
+CREATE TABLE policies (
+    policy     TEXT NOT NULL,
+    context_id TEXT,
+    action     INTEGER NOT NULL,
+    prob       DOUBLE NOT NULL
+);
+
+-- Training examples of a dataset (attribution side).
+CREATE TABLE examples (
+    dataset    TEXT NOT NULL,
+    example_id TEXT NOT NULL,
+    prompt     TEXT,
+    response   TEXT,
+    text       TEXT,
+    source     TEXT,
+    position   BIGINT NOT NULL,
+    PRIMARY KEY (dataset, example_id)
+);
+
+-- Attribution scores, one per (dataset, example, method, concept).
+CREATE TABLE scores (
+    dataset    TEXT NOT NULL,
+    example_id TEXT NOT NULL,
+    method     TEXT NOT NULL,
+    concept    TEXT NOT NULL,
+    score      DOUBLE NOT NULL,
+    scored_at  TIMESTAMP NOT NULL DEFAULT current_localtimestamp(),
+    PRIMARY KEY (dataset, example_id, method, concept)
+);

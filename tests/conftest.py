@@ -1,0 +1,48 @@
+"""Shared fixtures: real files in a temporary folder, real stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from mval.store import init_store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """An empty store."""
+    return init_store(tmp_path / "store.duckdb")
+
+
+def write_obd_csv(path: Path, rows: int = 200, n_items: int = 8, seed: int = 0) -> pl.DataFrame:
+    """A file in the Open Bandit Dataset's published layout (random campaign: uniform propensity)."""
+    rng = np.random.default_rng(seed)
+    users = [f"{h:032x}" for h in rng.integers(0, 2**62, size=4)]
+    frame = pl.DataFrame({
+        "": np.arange(rows),
+        "timestamp": [f"2019-11-24 00:{i // 60 % 60:02d}:{i % 60:02d}.000001+00:00" for i in range(rows)],
+        "item_id": rng.integers(n_items, size=rows),
+        "position": rng.integers(1, 4, size=rows),
+        "click": (rng.random(rows) < 0.1).astype(int),
+        "propensity_score": np.full(rows, 1 / n_items),
+        **{f"user_feature_{j}": rng.choice(users, size=rows) for j in range(4)},
+        **{f"user-item_affinity_{j}": rng.integers(0, 3, size=rows).astype(float) for j in range(n_items)},
+    })
+    frame.write_csv(path)
+    return frame
+
+
+def generic_log(rows: int = 100, n_actions: int = 4, seed: int = 0) -> pl.DataFrame:
+    """A log in the store's own column names, uniform logger."""
+    rng = np.random.default_rng(seed)
+    return pl.DataFrame({
+        "context_id": [f"u{i}" for i in rng.integers(5, size=rows)],
+        "features": rng.normal(size=(rows, 3)).tolist(),
+        "action": rng.integers(n_actions, size=rows),
+        "propensity": np.full(rows, 1 / n_actions),
+        "reward": rng.random(rows),
+        "action_probs": np.full((rows, n_actions), 1 / n_actions).tolist(),
+    })

@@ -1,0 +1,105 @@
+"""The command line as a user runs it: real stores and files in a temporary folder."""
+
+import json
+import re
+from pathlib import Path
+
+import click
+import polars as pl
+import pytest
+from click.testing import CliRunner
+from conftest import generic_log, write_obd_csv
+
+from cli import main
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def run(*args: str, ok: bool = True):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def _commands(group: click.Group, prefix: str = "mval"):
+    for name, command in group.commands.items():
+        yield f"{prefix} {name}", command
+        if isinstance(command, click.Group):
+            yield from _commands(command, f"{prefix} {name}")
+
+
+@pytest.fixture
+def loaded(tmp_path):
+    store = tmp_path / "s.duckdb"
+    write_obd_csv(tmp_path / "all.csv", rows=60, n_items=6)
+    generic_log(rows=40).drop("features").write_parquet(tmp_path / "log.parquet")
+    run("init", store)
+    run("ingest", store, tmp_path / "all.csv", "--logger", "random", "--format", "obd")
+    run("ingest", store, tmp_path / "log.parquet", "--logger", "uniform")
+    return store
+
+
+def test_init_ingest_query_flow(loaded, tmp_path):
+    out = run("query", loaded, "SELECT logger, rows FROM logger_summary", "--format", "json").output
+    assert json.loads(out) == [{"logger": "random", "rows": 60}, {"logger": "uniform", "rows": 40}]
+    csv = run("query", loaded, "SELECT logger, rows FROM logger_summary", "--format", "csv").output
+    assert csv.splitlines() == ["logger,rows", "random,60", "uniform,40"]
+    table = run("query", loaded, "SELECT logger, rows FROM logger_summary").output
+    assert "random" in table and "│" in table
+    run("query", loaded, "SELECT * FROM events ORDER BY event_id", "--format", "parquet", "-o", tmp_path / "e.parquet")
+    events = pl.read_parquet(tmp_path / "e.parquet")
+    assert events.height == 100 and events["event_id"].to_list() == list(range(100))
+    again = run("ingest", loaded, tmp_path / "log.parquet", "--logger", "uniform").output
+    assert "already ingested" in again
+
+
+def test_table_output_is_truncated_but_csv_is_exact(loaded):
+    table = run("query", loaded, "SELECT event_id FROM events").output
+    assert "(100 rows; --format csv or json prints them all)" in table
+    csv = run("query", loaded, "SELECT event_id FROM events ORDER BY 1", "--format", "csv").output
+    assert csv.splitlines()[1:] == [str(i) for i in range(100)]
+
+
+def test_policy_add_and_list(loaded, tmp_path):
+    (tmp_path / "p.csv").write_text("context_id,action,prob\n,0,0.5\n,1,0.5\n")
+    assert "added policy 'half' (2 rows)" in run("policy", "add", loaded, "half", tmp_path / "p.csv").output
+    out = json.loads(run("policy", "list", loaded, "--format", "json").output)
+    assert out[0]["policy"] == "half"
+
+
+def _bad_log(tmp_path):
+    (tmp_path / "bad.csv").write_text("action,propensity,reward\n0,0.5,1\n1,2.0,0\n")
+    return tmp_path / "bad.csv"
+
+
+BAD_COMMANDS = [
+    (lambda s, t: ["init", s], "already exists"),
+    (lambda s, t: ["ingest", t / "missing.duckdb", _bad_log(t), "--logger", "x"], "no such store"),
+    (lambda s, t: ["ingest", s, _bad_log(t), "--logger", "x"], r"bad.csv: row 2, column propensity"),
+    (lambda s, t: ["ingest", s, _bad_log(t), "--logger", "x", "--map", "oops"], "expected STORE_COLUMN=FILE_COLUMN"),
+    (lambda s, t: ["query", s, "DELETE FROM events"], "opens the store read-only"),
+    (lambda s, t: ["query", s, "SELECT nope FROM events"], "query failed: Binder Error"),
+    (lambda s, t: ["query", s, "SELECT 1", "--format", "parquet"], "give -o FILE.parquet"),
+    (lambda s, t: ["policy", "add", s, "p", _bad_log(t)], "missing column"),
+]
+
+
+@pytest.mark.parametrize("make_args, match", BAD_COMMANDS)
+def test_bad_input_is_one_line_and_exit_2(loaded, tmp_path, make_args, match):
+    result = run(*make_args(loaded, tmp_path), ok=False)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert re.search(match, lines[0]), lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_every_command_has_help_with_example_and_is_in_readme():
+    readme = README.read_text()
+    for name, command in _commands(main):
+        if isinstance(command, click.Group):
+            continue
+        help_text = run(*name.split()[1:], "--help").output
+        assert "Example" in help_text, f"{name} --help has no example"
+        assert f"{name} " in readme or f"`{name}`" in readme, f"{name} is not documented in README.md"

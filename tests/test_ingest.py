@@ -1,0 +1,167 @@
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+from conftest import generic_log, write_obd_csv
+
+from mval.errors import MvalError
+from mval.ingest import ingest_file
+from mval.store import open_store
+
+
+def _all_tables(store):
+    with open_store(store, read_only=True) as con:
+        return {t: con.sql(f"SELECT * FROM {t} ORDER BY ALL").pl() for t in ("events", "ingests", "policies")}
+
+
+def test_obd_layout_is_mapped(store, tmp_path):
+    src = write_obd_csv(tmp_path / "all.csv", rows=120, n_items=8)
+    with open_store(store) as con:
+        result = ingest_file(con, tmp_path / "all.csv", "random", "obd")
+        got = con.sql("SELECT * FROM events ORDER BY event_id").pl()
+    assert (result.rows, result.skipped) == (120, False)
+    assert got["event_id"].to_list() == list(range(120))
+    assert got["action"].to_list() == src["item_id"].to_list()
+    assert got["reward"].to_list() == src["click"].cast(float).to_list()
+    assert got["position"].to_list() == src["position"].to_list()
+    np.testing.assert_allclose(got["propensity"].to_numpy(), 1 / 8)
+    expected_ctx = [
+        "|".join(r) for r in src.select([f"user_feature_{j}" for j in range(4)]).iter_rows()
+    ]
+    assert got["context_id"].to_list() == expected_ctx
+    affinities = src.select([f"user-item_affinity_{j}" for j in range(8)]).to_numpy()
+    np.testing.assert_array_equal(np.array(got["features"].to_list()), affinities)
+    assert str(got["ts"][0]) == "2019-11-24 00:00:00.000001"  # +00:00 stored as UTC wall time
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
+def test_generic_formats_round_trip(store, tmp_path, suffix):
+    log = generic_log(rows=50)
+    path = tmp_path / f"log{suffix}"
+    if suffix == ".parquet":
+        log.write_parquet(path)
+    elif suffix == ".csv":
+        log.drop("features", "action_probs").write_csv(path)
+    else:
+        log.write_ndjson(path)
+    with open_store(store) as con:
+        ingest_file(con, path, "uniform")
+        got = con.sql("SELECT * FROM events ORDER BY event_id").pl()
+    assert got["action"].to_list() == log["action"].to_list()
+    np.testing.assert_allclose(got["reward"].to_numpy(), log["reward"].to_numpy())
+    assert got["context_id"].to_list() == log["context_id"].to_list()
+    if suffix != ".csv":
+        np.testing.assert_allclose(np.array(got["features"].to_list()), np.array(log["features"].to_list()))
+
+
+def test_map_and_feature_columns(store, tmp_path):
+    rng = np.random.default_rng(1)
+    frame = pl.DataFrame({
+        "arm": [0, 2, 1], "p": [0.5, 0.25, 0.25], "click": [1, 0, 1],
+        "x_a": rng.normal(size=3), "x_b": rng.normal(size=3), "other": [9, 9, 9],
+    })
+    frame.write_csv(tmp_path / "renamed.csv")
+    with open_store(store) as con:
+        ingest_file(con, tmp_path / "renamed.csv", "prod",
+                    mapping={"action": "arm", "propensity": "p", "reward": "click"}, features=["x_*"])
+        got = con.sql("SELECT action, propensity, reward, features FROM events ORDER BY event_id").pl()
+    assert got["action"].to_list() == [0, 2, 1]
+    np.testing.assert_allclose(np.array(got["features"].to_list()), frame.select("x_a", "x_b").to_numpy())
+
+
+def test_same_content_twice_adds_nothing(store, tmp_path):
+    generic_log(rows=30).write_parquet(tmp_path / "a.parquet")
+    generic_log(rows=30).write_parquet(tmp_path / "copy.parquet")
+    with open_store(store) as con:
+        first = ingest_file(con, tmp_path / "a.parquet", "uniform")
+        again = ingest_file(con, tmp_path / "copy.parquet", "uniform")
+        rows = con.execute("SELECT count(*) FROM events").fetchall()[0][0]
+    assert (first.skipped, again.skipped, again.rows, rows) == (False, True, 0, 30)
+
+
+def test_event_ids_continue_across_ingests(store, tmp_path):
+    generic_log(rows=10, seed=1).write_parquet(tmp_path / "a.parquet")
+    generic_log(rows=7, seed=2).drop("features", "action_probs").write_csv(tmp_path / "b.csv")
+    with open_store(store) as con:
+        ingest_file(con, tmp_path / "a.parquet", "a")
+        ingest_file(con, tmp_path / "b.csv", "b")
+        ids = con.execute("SELECT logger, event_id FROM events ORDER BY event_id").fetchall()
+    assert [i for _, i in ids] == list(range(17))
+    assert [lg for lg, _ in ids] == ["a"] * 10 + ["b"] * 7
+
+
+BAD_ROWS = [
+    ("propensity", 0.0, r"row 3, column propensity: must be in \(0, 1\], found 0.0"),
+    ("propensity", 1.5, r"row 3, column propensity: must be in \(0, 1\], found 1.5"),
+    ("propensity", None, "row 3, column propensity: .* missing or not a number"),
+    ("reward", None, "row 3, column reward: must be a finite number, missing"),
+    ("reward", float("nan"), "row 3, column reward: must be a finite number"),
+    ("action", -1, "row 3, column action: must be a non-negative integer, found -1"),
+    ("action", 1.5, "row 3, column action: must be a non-negative integer, found 1.5"),
+    ("action", "abc", "row 3, column action: must be a non-negative integer, missing or not a number"),
+]
+
+
+@pytest.mark.parametrize("column, value, match", BAD_ROWS)
+def test_bad_rows_are_refused_and_store_is_unchanged(store, tmp_path, column, value, match):
+    generic_log(rows=20, seed=5).write_parquet(tmp_path / "good.parquet")
+    with open_store(store) as con:
+        ingest_file(con, tmp_path / "good.parquet", "a")
+    before = _all_tables(store)
+    rows = [{"action": 1, "propensity": 0.5, "reward": 1.0} for _ in range(5)]
+    rows[2][column] = value
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows).replace("NaN", '"NaN"'))
+    with open_store(store) as con:
+        with pytest.raises(MvalError, match=f"bad.jsonl: {match}"):
+            ingest_file(con, path, "b")
+    after = _all_tables(store)
+    for table in before:
+        assert before[table].equals(after[table]), table
+
+
+def test_action_probs_must_match_propensity(store, tmp_path):
+    log = generic_log(rows=5).with_columns(propensity=pl.Series([0.25, 0.25, 0.3, 0.25, 0.25]))
+    log.write_parquet(tmp_path / "x.parquet")
+    with open_store(store) as con, pytest.raises(MvalError, match="row 3, column action_probs"):
+        ingest_file(con, tmp_path / "x.parquet", "a")
+
+
+@pytest.mark.parametrize(
+    "kwargs, content, match",
+    [
+        ({}, "reward,propensity\n1,0.5\n", "missing column action .*--map action=FILE_COLUMN"),
+        ({"fmt": "obd"}, "action,propensity,reward\n1,0.5,1\n", "missing column 'timestamp' of the Open Bandit"),
+        ({"mapping": {"reward": "nope"}}, "action,propensity,reward\n1,0.5,1\n", "--map reward=nope: no column"),
+        ({"mapping": {"rewards": "r"}}, "action,propensity,reward\n1,0.5,1\n", "--map rewards=...: unknown store column"),
+        ({"features": ["z_*"]}, "action,propensity,reward\n1,0.5,1\n", "no column matches --features z_"),
+        ({}, "action,propensity,reward\n", "the file has no rows"),
+    ],
+)
+def test_bad_files_are_refused(store, tmp_path, kwargs, content, match):
+    path = tmp_path / "f.csv"
+    path.write_text(content)
+    with open_store(store) as con, pytest.raises(MvalError, match=match):
+        ingest_file(con, path, "a", **kwargs)
+
+
+def test_unreadable_and_unknown_files(store, tmp_path):
+    (tmp_path / "x.parquet").write_text("this is not parquet")
+    (tmp_path / "x.xlsx").write_text("")
+    with open_store(store) as con:
+        with pytest.raises(MvalError, match=r"x.parquet: cannot read as parquet"):
+            ingest_file(con, tmp_path / "x.parquet", "a")
+        with pytest.raises(MvalError, match=r"unknown file type .xlsx"):
+            ingest_file(con, tmp_path / "x.xlsx", "a")
+        with pytest.raises(MvalError, match=r"no such file"):
+            ingest_file(con, tmp_path / "missing.csv", "a")
+
+
+def test_feature_dimension_must_match_store(store, tmp_path):
+    generic_log(rows=5).write_parquet(tmp_path / "a.parquet")
+    generic_log(rows=5, seed=3).with_columns(features=pl.Series([[1.0, 2.0]] * 5)).write_parquet(tmp_path / "b.parquet")
+    with open_store(store) as con:
+        ingest_file(con, tmp_path / "a.parquet", "a")
+        with pytest.raises(MvalError, match="same number of features, found lengths 2, 3"):
+            ingest_file(con, tmp_path / "b.parquet", "b")

@@ -1,0 +1,62 @@
+import numpy as np
+import polars as pl
+import pytest
+
+from mval.errors import MvalError
+from mval.policies import add_policy, load_policy
+from mval.store import open_store
+
+
+def test_add_and_load_policy(store, tmp_path):
+    pl.DataFrame({"context_id": ["b", "a", "a"], "action": [1, 0, 2], "prob": [1.0, 0.25, 0.75]}).write_csv(
+        tmp_path / "p.csv"
+    )
+    with open_store(store) as con:
+        assert add_policy(con, "p", tmp_path / "p.csv") == 3
+        policy = load_policy(con, "p")
+    assert list(policy.context_ids) == ["a", "b"]
+    np.testing.assert_array_equal(policy.probs, [[0.25, 0.0, 0.75], [0.0, 1.0, 0.0]])
+    np.testing.assert_array_equal(policy.probs_for(np.array(["b", "a", "b"])), policy.probs[[1, 0, 1]])
+    with pytest.raises(MvalError, match="policy 'p' has no row for context_id 'zz'"):
+        policy.probs_for(np.array(["a", "zz"]))
+
+
+def test_context_free_policy(store, tmp_path):
+    pl.DataFrame({"context_id": [None, None], "action": [0, 1], "prob": [0.5, 0.5]},
+                 schema={"context_id": pl.String, "action": pl.Int64, "prob": pl.Float64}).write_parquet(tmp_path / "u.parquet")
+    with open_store(store) as con:
+        add_policy(con, "uniform", tmp_path / "u.parquet")
+        policy = load_policy(con, "uniform", n_actions=3)
+    assert policy.context_ids is None
+    np.testing.assert_array_equal(policy.probs_for(np.array(["x", "y"])), [[0.5, 0.5, 0], [0.5, 0.5, 0]])
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("context_id,action,prob\na,0,0.5\na,1,0.4\n", r"context_id 'a': probabilities of a context must sum to 1 .*found 0.9"),
+        ("context_id,action,prob\na,0,1.5\na,1,-0.5\n", r"prob must be in \[0, 1\], found"),
+        ("context_id,action,prob\na,-1,1.0\n", "action must be a non-negative integer, found -1"),
+        ("context_id,action,prob\na,0,0.5\na,0,0.5\n", r"each \(context_id, action\) must appear once"),
+        ("context_id,action\na,0\n", "missing column.*prob"),
+    ],
+)
+def test_bad_policies_are_refused(store, tmp_path, content, match):
+    (tmp_path / "bad.csv").write_text(content)
+    with open_store(store) as con:
+        with pytest.raises(MvalError, match=match):
+            add_policy(con, "bad", tmp_path / "bad.csv")
+        assert con.execute("SELECT count(*) FROM policies").fetchall() == [(0,)]
+
+
+def test_duplicate_name_needs_replace(store, tmp_path):
+    (tmp_path / "p.csv").write_text("context_id,action,prob\na,0,1\n")
+    (tmp_path / "q.csv").write_text("context_id,action,prob\na,1,1\n")
+    with open_store(store) as con:
+        add_policy(con, "p", tmp_path / "p.csv")
+        with pytest.raises(MvalError, match="already exists.*--replace"):
+            add_policy(con, "p", tmp_path / "q.csv")
+        add_policy(con, "p", tmp_path / "q.csv", replace=True)
+        assert con.execute("SELECT action FROM policies").fetchall() == [(1,)]
+        with pytest.raises(MvalError, match="no policy named 'nope'.*known: p"):
+            load_policy(con, "nope")

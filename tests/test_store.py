@@ -1,0 +1,70 @@
+import subprocess
+import sys
+import textwrap
+
+import duckdb
+import pytest
+
+from mval.errors import MvalError, StoreBusyError
+from mval.store import SCHEMA_VERSION, init_store, load_sql, open_store, transaction
+
+
+def test_init_creates_tables_views_and_version(store):
+    with open_store(store, read_only=True) as con:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        version = con.execute("SELECT value FROM mval_meta WHERE key = 'schema_version'").fetchall()
+    assert {"events", "policies", "ingests", "examples", "scores", "logger_summary", "policy_summary"} <= tables
+    assert version == [(str(SCHEMA_VERSION),)]
+
+
+def test_packaged_sql_is_found():
+    assert "CREATE TABLE events" in load_sql("schema")
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda p: p.write_text("not a database"), "not a DuckDB database"),
+        (lambda p: duckdb.connect(str(p)).close(), "not an mval store"),
+        (lambda p: None, "no such store"),
+    ],
+)
+def test_open_refuses_non_stores(tmp_path, make, match):
+    path = tmp_path / "x.duckdb"
+    make(path)
+    with pytest.raises(MvalError, match=match):
+        with open_store(path):
+            pass
+
+
+def test_init_refuses_existing_file(store):
+    with pytest.raises(MvalError, match="already exists"):
+        init_store(store)
+
+
+def test_transaction_rolls_back_on_failure(store):
+    with open_store(store) as con:
+        with pytest.raises(duckdb.Error):
+            with transaction(con):
+                con.execute("INSERT INTO policies VALUES ('p', NULL, 0, 1.0)")
+                con.execute("INSERT INTO policies VALUES ('p', NULL, 'not a number', 1.0)")
+        assert con.execute("SELECT count(*) FROM policies").fetchall() == [(0,)]
+
+
+def test_store_held_by_another_writer_is_reported_busy(store):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import duckdb, sys, time
+            con = duckdb.connect({str(store)!r})
+            print("ready", flush=True)
+            sys.stdin.readline()
+        """)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreBusyError, match=rf"store busy, process {holder.pid} holds it"):
+            with open_store(store, read_only=True):
+                pass
+    finally:
+        holder.communicate("\n", timeout=30)
