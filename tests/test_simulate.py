@@ -1,0 +1,120 @@
+import numpy as np
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from mval.commands.simulate import simulate
+from mval.environments import file_env, sklearn_env, synthetic_env
+from mval.errors import MvalError
+from mval.simulate import DESIGNS, run_experiment, summarise, true_variance
+
+REPS = 80
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    env = synthetic_env(contexts=20, actions=3, dim=2, overlap=0.5, seed=3)
+    records = run_experiment(env, 300, [100, 400], reps=REPS, seed=1, workers=2)
+    return env, records, summarise(env, 300, records, n_boot=300)
+
+
+def test_true_value_matches_monte_carlo():
+    env = sklearn_env("iris", noise=0.1)
+    _, _, reward = env.draw(env.target, 400_000, np.random.default_rng(0))
+    se = reward.std() / np.sqrt(len(reward))
+    assert abs(reward.mean() - env.true_value) < 3 * se
+
+
+def test_draw_follows_the_policy():
+    env = synthetic_env(contexts=5, actions=4, seed=0)
+    ctx, action, _ = env.draw(env.logger, 200_000, np.random.default_rng(1))
+    counts = np.zeros((5, 4))
+    np.add.at(counts, (ctx, action), 1)
+    freq = counts / counts.sum(axis=1, keepdims=True)
+    se = np.sqrt(env.logger * (1 - env.logger) / counts.sum(axis=1, keepdims=True))
+    assert (np.abs(freq - env.logger) < 4 * se + 1e-12).all()
+
+
+def test_every_design_budget_and_estimator_is_recorded(tiny):
+    _, records, summaries = tiny
+    assert len(records) == REPS * 2 * 2 * len(DESIGNS)
+    assert {(s.design, s.budget, s.estimator) for s in summaries} == {
+        (d, b, e) for d in DESIGNS for b in (100, 400) for e in ("balanced-ips", "balanced-dr")
+    }
+
+
+@pytest.mark.parametrize("design", ["target", "uniform", "pi0"])
+def test_fixed_designs_are_unbiased_and_match_the_variance_formula(tiny, design):
+    env, records, summaries = tiny
+    for s in summaries:
+        if s.design != design or s.estimator != "balanced-ips":
+            continue
+        pi1 = {"target": env.target, "uniform": np.full_like(env.target, 1 / 3), "pi0": env.logger}[design]
+        assert s.oracle_std == pytest.approx(np.sqrt(true_variance(env, 300, s.budget, pi1, "ips")))
+        assert abs(s.bias) < 3 * s.empirical_std / np.sqrt(s.reps)
+        # the sample std of `reps` errors has relative standard error about 1 / sqrt(2 (reps - 1))
+        assert abs(s.empirical_std / s.oracle_std - 1) < 3 / np.sqrt(2 * (s.reps - 1))
+
+
+def test_rounds_to_match_mval_is_the_budget_for_mval_itself(tiny):
+    _, _, summaries = tiny
+    for s in summaries:
+        if s.design == "mval":
+            assert s.rounds_to_match_mval == pytest.approx(s.budget, rel=1e-6)
+        if s.design in ("uniform", "pi0") and s.estimator == "balanced-ips":
+            assert s.rounds_to_match_mval > s.budget
+
+
+def test_parallel_and_serial_runs_agree():
+    env = synthetic_env(contexts=10, actions=3, dim=2, seed=0)
+    serial = run_experiment(env, 100, [50], reps=4, seed=7, workers=1)
+    parallel = run_experiment(env, 100, [50], reps=4, seed=7, workers=2)
+    assert pl.DataFrame(serial).equals(pl.DataFrame(parallel))
+
+
+def test_cli_json_and_plot(tmp_path):
+    out = CliRunner().invoke(simulate, ["--env", "iris", "--n0", "150", "--budget", "50,200", "--reps", "6",
+                                        "--workers", "1", "--plot", str(tmp_path / "rmse.png"), "--format", "json"])
+    assert out.exit_code == 0, out.output
+    rows = pl.read_json(out.output.encode())
+    assert {"design", "budget", "estimator", "rmse", "bias", "empirical_std", "predicted_std"} <= set(rows.columns)
+    assert rows.height == 2 * 2 * len(DESIGNS)
+    assert (tmp_path / "rmse.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_file_env_reads_a_labelled_table(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(90, 3))
+    pl.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "y": (x[:, 0] > 0).astype(int) + (x[:, 1] > 1)}).write_csv(
+        tmp_path / "d.csv")
+    env = file_env(tmp_path / "d.csv", "y")
+    assert (env.n_contexts, env.n_actions) == (90, 3)
+    assert env.true_value > 0.5  # the strong classifier is right most of the time
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--budget", "10,x"], "--budget 10,x: give whole numbers"),
+        (["--budget", "0"], "every budget must be >= 1"),
+        (["--data", "nope.csv", "--label", "y"], "nope.csv: no such file"),
+        (["--data", "{tmp}/d.csv"], "--data needs --label"),
+        (["--data", "{tmp}/d.csv", "--label", "z"], "no column 'z' for --label"),
+        (["--noise", "0.7", "--env", "iris"], "--noise 0.7: must be in"),
+        (["--overlap", "2"], "--overlap 2.0: must be in"),
+    ],
+)
+def test_bad_input_exit_2(tmp_path, args, match):
+    from cli import main
+
+    pl.DataFrame({"x": [1.0, 2.0, 3.0, 4.0], "y": [0, 1, 0, 1]}).write_csv(tmp_path / "d.csv")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = CliRunner().invoke(main, ["simulate", "--reps", "2", *args])
+    assert result.exit_code == 2, result.output
+    assert match in result.output
+
+
+def test_file_env_refuses_missing_values(tmp_path):
+    pl.DataFrame({"x": [1.0, None, 3.0], "y": [0, 1, 0]}).write_csv(tmp_path / "m.csv")
+    with pytest.raises(MvalError, match="missing values"):
+        file_env(tmp_path / "m.csv", "y")
