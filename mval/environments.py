@@ -29,6 +29,7 @@ from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
 from mval.errors import MvalError
+from mval.store import load_sql
 
 REWARD_FEATURES = 10  # reward models in experiments see the first principal components only
 
@@ -49,6 +50,14 @@ class BanditEnv:
     mean_reward: np.ndarray  # (P, K): m(x, a) in [0, 1], rewards are Bernoulli(m)
     logger: np.ndarray  # (P, K): pi0
     target: np.ndarray  # (P, K): pi
+    context_weights: np.ndarray | None = None  # (P,): p(x); None = uniform
+
+    @property
+    def weights(self) -> np.ndarray:
+        """p(x), normalised."""
+        if self.context_weights is None:
+            return np.full(self.n_contexts, 1.0 / self.n_contexts)
+        return self.context_weights / self.context_weights.sum()
 
     @property
     def n_contexts(self) -> int:
@@ -60,16 +69,47 @@ class BanditEnv:
 
     @property
     def true_value(self) -> float:
-        """V(pi) = mean_x sum_a pi(a|x) m(x, a)."""
-        return float((self.target * self.mean_reward).sum(axis=1).mean())
+        """V(pi) = sum_x p(x) sum_a pi(a|x) m(x, a)."""
+        return float(self.weights @ (self.target * self.mean_reward).sum(axis=1))
 
     def draw(self, policy: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """n rounds under `policy` (P, K): context index, action and Bernoulli reward per round."""
-        ctx = rng.integers(self.n_contexts, size=n)
+        ctx = rng.choice(self.n_contexts, size=n, p=self.weights)
         cdf = np.cumsum(policy[ctx], axis=1)
         action = np.minimum((rng.random(n)[:, None] * cdf[:, -1:] > cdf).sum(axis=1), self.n_actions - 1)
         reward = (rng.random(n) < self.mean_reward[ctx, action]).astype(float)
         return ctx, action, reward
+
+
+@dataclass(frozen=True)
+class ReplayEnv(BanditEnv):
+    """Rows logged by a uniform-random logger, replayed: any policy is sampled by rejection.
+
+    Drawing under pi1 takes rows at random (with replacement) and keeps row i with probability
+    proportional to pi1(a_i|x_i) / f(a_i|x_i), f the share of context x's rows that show action a
+    (1/K in expectation for a uniform logger; the realised share makes it exact): kept rows are
+    distributed as x ~ p(x), a ~ pi1(.|x), r ~ the logged reward of (x, a), with no simulator. The truth is that same empirical world: m(x, a) = the mean
+    logged reward of the cell, p(x) = the share of rows in context x; policies only use cells with rows.
+    """
+
+    rows_context: np.ndarray | None = None  # (N,) context index of each logged row
+    rows_action: np.ndarray | None = None
+    rows_reward: np.ndarray | None = None
+    logged_share: np.ndarray | None = None  # (P, K): f(a|x), share of context x's rows with action a
+
+    def draw(self, policy: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        accept = (policy / np.where(self.logged_share > 0, self.logged_share, 1.0))[self.rows_context, self.rows_action]
+        accept = accept / accept.max()
+        rate = float(accept.mean())
+        chosen: list[np.ndarray] = []
+        needed = n
+        while needed > 0:  # a few vectorised rounds: each proposes enough rows for the expected rate
+            proposal = rng.integers(len(accept), size=int(needed / rate * 1.2) + 16)
+            kept = proposal[rng.random(len(proposal)) < accept[proposal]][:needed]
+            chosen.append(kept)
+            needed -= len(kept)
+        rows = np.concatenate(chosen)
+        return self.rows_context[rows], self.rows_action[rows], self.rows_reward[rows]
 
 
 def _softmax_policy(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -162,4 +202,66 @@ def synthetic_env(
         mean_reward=expit(score - 1.0),
         logger=_explore(_softmax_policy(overlap * score + (1 - overlap) * unrelated, logger_temperature), 0.05),
         target=_softmax_policy(score, target_temperature),
+    )
+
+
+REPLAY_CONTEXTS = ("context_id", "position", "none")
+
+
+def replay_from_store(con, logger: str, context: str = "context_id", **kwargs) -> ReplayEnv:
+    """A replay environment from the store's rows of a uniform-random `logger` with 0/1 rewards."""
+    if context not in REPLAY_CONTEXTS:
+        raise MvalError(f"--replay-context {context}: unknown; use one of {', '.join(REPLAY_CONTEXTS)}")
+    rows = con.sql(load_sql("replay_rows"), params={"context": context, "logger": logger}).pl()
+    if rows.height == 0:
+        raise MvalError(f"no rows of logger {logger!r} in the store; list loggers with `mval query STORE \"SELECT * FROM logger_summary\"`")
+    reward = rows["reward"].to_numpy()
+    if not np.isin(reward, (0.0, 1.0)).all():
+        raise MvalError(f"replay needs 0/1 rewards (clicks); logger {logger!r} has reward {reward[~np.isin(reward, (0.0, 1.0))][0]}")
+    _, codes = np.unique(rows["context_key"].to_numpy(), return_inverse=True)
+    return replay_env(codes, rows["action"].to_numpy(), reward, rows["propensity"].to_numpy(),
+                      name=f"replay:{logger}", **kwargs)
+
+
+def replay_env(
+    context: np.ndarray, action: np.ndarray, reward: np.ndarray, propensity: np.ndarray, name: str = "replay",
+    target_temperature: float = 0.5, overlap: float = 0.5, seed: int = 0,
+) -> ReplayEnv:
+    """A replay environment from uniformly logged rows (context codes 0..P-1, actions 0..K-1).
+
+    pi scores each cell by its mean reward (shrunk to the action's mean, in standard units) at
+    `target_temperature`; pi0 mixes that score with noise (`overlap`) and keeps a 5% uniform share.
+    """
+    k = int(action.max()) + 1
+    if not np.allclose(propensity, 1.0 / k, rtol=1e-6):
+        bad = propensity[~np.isclose(propensity, 1.0 / k, rtol=1e-6)][0]
+        raise MvalError(
+            f"replay needs rows from a uniform-random logger over {k} actions (propensity {1 / k:.6g}), "
+            f"found propensity {bad}; choose a uniformly logged logger"
+        )
+    n_ctx = int(context.max()) + 1
+    cell = context * k + action
+    counts = np.bincount(cell, minlength=n_ctx * k).reshape(n_ctx, k)
+    sums = np.bincount(cell, weights=reward, minlength=n_ctx * k).reshape(n_ctx, k)
+    mean = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+    action_mean = sums.sum(axis=0) / np.maximum(counts.sum(axis=0), 1)
+    shrunk = (sums + 10 * action_mean) / (counts + 10)
+    score = (shrunk - shrunk.mean()) / (shrunk.std() + 1e-12)
+    rng = np.random.default_rng(seed)
+    present = counts > 0
+
+    def restrict(policy: np.ndarray) -> np.ndarray:
+        policy = np.where(present, policy, 0.0)
+        return policy / policy.sum(axis=1, keepdims=True)
+
+    noisy = overlap * score + (1 - overlap) * rng.normal(size=score.shape)
+    return ReplayEnv(
+        name=name,
+        features=np.eye(n_ctx) if n_ctx <= 64 else PCA(REWARD_FEATURES, random_state=seed).fit_transform(np.eye(n_ctx)),
+        mean_reward=mean,
+        logger=restrict(_explore(_softmax_policy(noisy, 1.0), 0.05)),
+        target=restrict(_softmax_policy(score, target_temperature)),
+        context_weights=counts.sum(axis=1).astype(float),
+        rows_context=context, rows_action=action, rows_reward=reward,
+        logged_share=counts / counts.sum(axis=1, keepdims=True),
     )

@@ -74,11 +74,11 @@ def design_policies(env: BanditEnv, s_hat: np.ndarray, n0: int, budget: int) -> 
     """pi1 for every design, as (contexts, actions) matrices."""
     c = env.target**2 * s_hat
     return {
-        "mval": solve_mval(c, env.logger, n0 / (n0 + budget)),
+        "mval": solve_mval(c, env.logger, n0 / (n0 + budget), weights=env.weights),
         "target": env.target,
         "uniform": np.full_like(env.target, 1.0 / env.n_actions),
         "pi0": env.logger,
-        "proposal": solve_mval(c, env.logger, 0.0),
+        "proposal": solve_mval(c, env.logger, 0.0, weights=env.weights),
     }
 
 
@@ -92,7 +92,7 @@ def _replication(env: BanditEnv, n0: int, budgets: list[int], seed: np.random.Se
     rng = np.random.default_rng(seed)
     ctx0, a0, r0 = env.draw(env.logger, n0, rng)
     q_rows0, m_hat = fit_reward_model(env, ctx0, a0, r0, seed=int(rng.integers(2**31)))
-    p = np.full(env.n_contexts, 1 / env.n_contexts)
+    p = env.weights
     s_hat_of = {"ips": m_hat, "dr": m_hat * (1 - m_hat)}
     out = []
     for budget in budgets:
@@ -129,8 +129,7 @@ def true_second_moment(env: BanditEnv, kind: str) -> np.ndarray:
 
 def true_variance(env: BanditEnv, n0: int, n1: float, pi1: np.ndarray, kind: str) -> float:
     """Variance of the balanced estimate from n0 rows of pi0 and n1 rows of pi1, with the true m."""
-    p = np.full(env.n_contexts, 1 / env.n_contexts)
-    return balanced_variance(env.target, [env.logger, pi1], [n0, n1], p, true_second_moment(env, kind),
+    return balanced_variance(env.target, [env.logger, pi1], [n0, n1], env.weights, true_second_moment(env, kind),
                              env.mean_reward, kind)
 
 

@@ -118,3 +118,58 @@ def test_file_env_refuses_missing_values(tmp_path):
     pl.DataFrame({"x": [1.0, None, 3.0], "y": [0, 1, 0]}).write_csv(tmp_path / "m.csv")
     with pytest.raises(MvalError, match="missing values"):
         file_env(tmp_path / "m.csv", "y")
+
+
+def _uniform_store(store, tmp_path, rows=6000, k=4, propensity=None, reward=None):
+    from mval.ingest import ingest_file
+    from mval.store import open_store
+
+    rng = np.random.default_rng(0)
+    ctx = rng.integers(3, size=rows)
+    action = rng.integers(k, size=rows)
+    true_m = np.array([[0.1, 0.2, 0.3, 0.4], [0.5, 0.1, 0.1, 0.1], [0.2, 0.2, 0.6, 0.2]])
+    frame = pl.DataFrame({
+        "context_id": [f"c{c}" for c in ctx], "action": action,
+        "propensity": np.full(rows, 1 / k) if propensity is None else propensity,
+        "reward": (rng.random(rows) < true_m[ctx, action]).astype(float) if reward is None else reward,
+    })
+    frame.write_parquet(tmp_path / "u.parquet")
+    with open_store(store) as con:
+        ingest_file(con, tmp_path / "u.parquet", "uniform")
+    return frame
+
+
+def test_replay_draws_follow_the_policy_and_truth_is_the_empirical_world(store, tmp_path):
+    from mval.environments import replay_from_store
+    from mval.store import open_store
+
+    frame = _uniform_store(store, tmp_path)
+    with open_store(store, read_only=True) as con:
+        env = replay_from_store(con, "uniform")
+    cells = frame.group_by("context_id", "action").agg(pl.col("reward").mean(), pl.len()).sort("context_id", "action")
+    np.testing.assert_allclose(env.mean_reward.ravel(), cells["reward"].to_numpy())
+    np.testing.assert_allclose(env.weights, frame["context_id"].value_counts().sort("context_id")["count"] / 6000)
+    ctx, action, reward = env.draw(env.target, 100_000, np.random.default_rng(2))
+    counts = np.zeros((3, 4))
+    np.add.at(counts, (ctx, action), 1)
+    freq = counts / counts.sum(axis=1, keepdims=True)
+    se = np.sqrt(env.target * (1 - env.target) / counts.sum(axis=1, keepdims=True))
+    assert (np.abs(freq - env.target) < 4 * se + 1e-12).all()
+    np.testing.assert_allclose(counts.sum(axis=1) / 100_000, env.weights, atol=0.01)
+    assert abs(reward.mean() - env.true_value) < 3 * reward.std() / np.sqrt(len(reward))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"propensity": np.full(6000, 0.5)}, "needs rows from a uniform-random logger over 4 actions"),
+        ({"reward": np.full(6000, 0.5)}, "replay needs 0/1 rewards"),
+    ],
+)
+def test_replay_refuses_non_uniform_or_non_binary_logs(store, tmp_path, kwargs, match):
+    from mval.environments import replay_from_store
+    from mval.store import open_store
+
+    _uniform_store(store, tmp_path, **kwargs)
+    with open_store(store, read_only=True) as con, pytest.raises(MvalError, match=match):
+        replay_from_store(con, "uniform")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from mval.environments import SKLEARN_DATASETS, file_env, sklearn_env, synthetic_env
+from mval.environments import REPLAY_CONTEXTS, SKLEARN_DATASETS, file_env, replay_from_store, sklearn_env, synthetic_env
 from mval.errors import MvalError
 from mval.output import emit, format_option
 from mval.simulate import run_experiment, summarise
+from mval.store import open_store
 
 ENVS = ("synthetic", *SKLEARN_DATASETS)
 
@@ -16,10 +17,10 @@ def _table_row(s: dict) -> dict:
     """The columns a person reads first; --format json/csv has them all."""
     return {
         "budget": s["budget"], "estimator": s["estimator"], "design": s["design"],
-        "rmse": round(s["rmse"], 5), "bias": round(s["bias"], 5), "empirical_std": round(s["empirical_std"], 5),
-        "predicted_std": round(s["predicted_std"], 5),
-        "rmse_vs_mval [95% CI]": f"{s['rmse_ratio_vs_mval']:.2f} [{s['ratio_ci_low']:.2f}, {s['ratio_ci_high']:.2f}]",
-        "rounds_to_match_mval": round(s["rounds_to_match_mval"]),
+        "rmse": round(s["rmse"], 5), "bias": round(s["bias"], 5), "emp_std": round(s["empirical_std"], 5),
+        "pred_std": round(s["predicted_std"], 5),
+        "vs_mval [95% CI]": f"{s['rmse_ratio_vs_mval']:.2f} [{s['ratio_ci_low']:.2f}, {s['ratio_ci_high']:.2f}]",
+        "rounds_to_match": round(s["rounds_to_match_mval"]),
     }
 
 
@@ -38,6 +39,11 @@ def _budgets(text: str) -> list[int]:
               help="A built-in environment (ignored with --data).")
 @click.option("--data", type=click.Path(dir_okay=False), help="CSV/Parquet of a labelled data set to turn into a bandit.")
 @click.option("--label", help="The class column of --data.")
+@click.option("--replay", "replay_store", type=click.Path(dir_okay=False),
+              help="A store whose uniformly logged rows (--logger) are replayed by rejection sampling.")
+@click.option("--logger", help="--replay: the uniform-random logger whose rows to replay.")
+@click.option("--replay-context", type=click.Choice(REPLAY_CONTEXTS), default="context_id", show_default=True,
+              help="--replay: what a context is.")
 @click.option("--budget", "budget_text", default="500,2000", show_default=True, help="New rounds n1, comma list.")
 @click.option("--n0", type=click.IntRange(min=1), default=2000, show_default=True, help="Rows of the existing log.")
 @click.option("--reps", type=click.IntRange(min=2), default=200, show_default=True, help="Replications.")
@@ -48,9 +54,14 @@ def _budgets(text: str) -> list[int]:
 @click.option("--workers", type=click.IntRange(min=1), help="Processes (default: every core).")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG of RMSE against the budget.")
 @format_option("table", "json", "csv")
-def simulate(env_name: str, data: str | None, label: str | None, budget_text: str, n0: int, reps: int, noise: float,
+def simulate(env_name: str, data: str | None, label: str | None, replay_store: str | None, logger: str | None,
+             replay_context: str, budget_text: str, n0: int, reps: int, noise: float,
              overlap: float, actions: int, seed: int, workers: int | None, plot: str | None, fmt: str) -> None:
     """Semi-synthetic check of MVAL against collecting with the target, uniform, pi0 and the proposal.
+
+    Environments: synthetic, a scikit-learn data set, a labelled CSV/Parquet (--data), or the
+    uniformly logged rows of a store replayed by rejection sampling (--replay, e.g. the Open Bandit
+    Dataset's random campaign).
 
     Each replication draws an existing log of N0 rows from pi0, designs pi1 for every BUDGET,
     draws the new rounds and estimates the target's value with Balanced IPS and Balanced DR.
@@ -62,8 +73,14 @@ def simulate(env_name: str, data: str | None, label: str | None, budget_text: st
       mval simulate --env wine --n0 1000 --budget 200,1000 --reps 100
       mval simulate --env synthetic --overlap 0.7 --n0 5000 --budget 500,2000 --plot rmse.png --format json
       mval simulate --data labelled.csv --label y --budget 1000
+      mval simulate --replay obd.duckdb --logger random --replay-context position --n0 3000 --budget 1000,3000
     """
-    if data is not None:
+    if replay_store is not None:
+        if logger is None:
+            raise MvalError("--replay needs --logger NAME (a uniform-random logger in that store)")
+        with open_store(replay_store, read_only=True) as con:
+            env = replay_from_store(con, logger, replay_context, overlap=overlap, seed=seed)
+    elif data is not None:
         if label is None:
             raise MvalError("--data needs --label COLUMN (the class to predict)")
         env = file_env(data, label, noise=noise, seed=seed)
