@@ -203,7 +203,7 @@ def demo(folder: str) -> None:
     if "evaluate" in main.commands:
         steps.append(["evaluate", str(store), "--policy", "target", "--estimator", "ips,snips,dr,balanced-ips"])
     if "design" in main.commands:
-        steps.append(["design", str(store), "--target", "target", "--budget", "5000", "--save-as", "mval-next"])
+        steps.append(["design", str(store), "--target", "target", "--budget", "1000", "--save-as", "mval-next"])
         steps.append(["query", str(store), "SELECT context_id, action, round(prob, 3) AS prob FROM policies "
                       "WHERE policy = 'mval-next' AND context_id = 'c00' ORDER BY action"])
     click.echo(f"# the example: {paths['log']} (5,000 rows, 20 contexts, 5 actions, logged by pi0)")

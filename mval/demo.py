@@ -2,7 +2,7 @@
 
 20 contexts with 3 features, 5 actions, expected reward m(x, a) = sigmoid(theta_a . x). The logger
 pi0 is a noisy softmax that favours the wrong actions (with a 5% uniform floor, so every action
-has some probability); the target pi is a sharp softmax of the true score, so it puts its mass
+has some probability); the target pi is a softmax of the true score, so it puts much of its mass
 where pi0 rarely looks: the case MVAL is for.
 """
 
@@ -46,7 +46,7 @@ def example_problem(seed: int = 0) -> ExampleProblem:
         features=x,
         mean_reward=1 / (1 + np.exp(-score)),
         logger=pi0,
-        target=_softmax(3.0 * score),
+        target=_softmax(score),
     )
 
 

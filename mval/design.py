@@ -33,7 +33,7 @@ import numpy as np
 
 from mval.errors import MvalError
 
-CHUNK_ELEMENTS = 1 << 19  # contexts x actions handled per block: keeps temporaries in cache
+CHUNK_ELEMENTS = 1 << 14  # contexts x actions handled per block: keeps temporaries in cache
 _SUM_TOL = 1e-6
 
 
@@ -180,22 +180,28 @@ def _threshold(r: np.ndarray, low: np.ndarray, mass: np.ndarray | float) -> np.n
     n, k = r.shape
     starts = np.full_like(r, np.inf)
     np.divide(low, r, out=starts, where=r > 0)
-    flat = (np.argsort(starts, axis=1) + (np.arange(n) * k)[:, None]).ravel()
-    starts_sorted = starts.ravel()[flat].reshape(n, k)
+    flat = np.argsort(starts, axis=1)
+    flat += (np.arange(n) * k)[:, None]
+    flat = flat.ravel()
+    starts = starts.ravel()[flat].reshape(n, k)
     r_sorted = r.ravel()[flat].reshape(n, k)
     low_sorted = low.ravel()[flat].reshape(n, k)
     r_cum = np.cumsum(r_sorted, axis=1)
     low_cum = np.cumsum(low_sorted, axis=1)
-    low_total = low_cum[:, -1]
-    with np.errstate(invalid="ignore"):  # inf * 0 where no action is active yet: never counted
-        g = starts_sorted * (r_cum - r_sorted) + (low_total[:, None] - low_cum + low_sorted)
+    low_total = low_cum[:, -1:]
+    g = np.subtract(r_cum, r_sorted, out=r_sorted)  # r of the earlier actions
+    with np.errstate(invalid="ignore"):  # inf * 0 before any action is active: never counted
+        g *= starts
+    g += low_total
+    g -= low_cum
+    g += low_sorted  # + low of the actions from j on
     active = np.count_nonzero(g <= np.reshape(mass, (-1, 1)), axis=1)
     last = np.maximum(active - 1, 0)[:, None]
     r_active = np.take_along_axis(r_cum, last, axis=1)[:, 0]
-    low_active = np.take_along_axis(low_cum, last, axis=1)[:, 0]
+    low_free = low_total[:, 0] - np.take_along_axis(low_cum, last, axis=1)[:, 0]
     t = np.zeros(n)
-    np.divide(mass - low_total + low_active, r_active, out=t, where=(active > 0) & (r_active > 0))
-    return np.maximum(t, 0.0)
+    np.divide(mass - low_free, r_active, out=t, where=(active > 0) & (r_active > 0))
+    return np.maximum(t, 0.0, out=t)
 
 
 def _water_fill_block(c: np.ndarray, pi0: np.ndarray, alpha: float, floor: float, cap: float,
@@ -204,13 +210,14 @@ def _water_fill_block(c: np.ndarray, pi0: np.ndarray, alpha: float, floor: float
     beta = 1.0 - alpha
     r = np.sqrt(c)
     base = alpha * pi0
-    low = base + beta * floor
-    high = base + beta * cap
-    pibar = np.maximum(low, _threshold(r, low, 1.0)[:, None] * r)
+    low = base + beta * floor if floor > 0 else base
+    pibar = _threshold(r, low, 1.0)[:, None] * r
+    np.maximum(pibar, low, out=pibar)
     capped = np.zeros(r.shape, dtype=bool)
     if caps_bind:
         # An action above its cap at t stays above it at the final t (which can only grow):
         # fix it at the cap and refill the others with the mass left; at most K rounds.
+        high = base + beta * cap
         todo = np.flatnonzero((pibar > high).any(axis=1))
         while todo.size:
             fixed = capped[todo] | (pibar[todo] > high[todo])
@@ -222,16 +229,20 @@ def _water_fill_block(c: np.ndarray, pi0: np.ndarray, alpha: float, floor: float
             pibar[todo] = np.where(fixed, high[todo], np.maximum(low[todo], t[:, None] * r_free))
             todo = todo[(pibar[todo] > high[todo] * (1 + 1e-12)).any(axis=1)]
     # Mass that no action with c > 0 can take (all capped, or none): spread over the c = 0 actions.
-    zero = c == 0
-    stuck = ~((r > 0) & ~capped).any(axis=1) & zero.any(axis=1)
-    if stuck.any():
+    rows = np.flatnonzero((c == 0).any(axis=1))
+    stuck = rows[~((r[rows] > 0) & ~capped[rows]).any(axis=1)]
+    if stuck.size:
+        zero = c[stuck] == 0
         leftover = 1.0 - pibar[stuck].sum(axis=1)
-        pibar[stuck] += zero[stuck] * (leftover / zero[stuck].sum(axis=1))[:, None]
+        pibar[stuck] += zero * (leftover / zero.sum(axis=1))[:, None]
     return _policy_from_pibar(pibar, base, beta, floor, cap)
 
 
 def _policy_from_pibar(pibar: np.ndarray, base: np.ndarray, beta: float, floor: float, cap: float) -> np.ndarray:
-    pi1 = np.clip((pibar - base) / beta, floor, cap)
+    """pi1 = (pibar - alpha pi0) / beta, clipped to [floor, cap] against rounding, rows summing to 1."""
+    pi1 = np.subtract(pibar, base, out=pibar)
+    pi1 /= beta
+    np.clip(pi1, floor, cap, out=pi1)
     pi1 /= pi1.sum(axis=1, keepdims=True)
     return pi1
 

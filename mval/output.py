@@ -45,7 +45,7 @@ def render(data: pl.DataFrame | Sequence[dict], fmt: str) -> str:
         return frame.write_csv().rstrip("\n")
     if fmt == "table":
         with pl.Config(
-            tbl_rows=TABLE_ROWS, fmt_str_lengths=TABLE_STR, tbl_hide_dataframe_shape=True,
+            tbl_rows=TABLE_ROWS, tbl_cols=-1, fmt_str_lengths=TABLE_STR, tbl_hide_dataframe_shape=True,
             tbl_hide_column_data_types=True, tbl_width_chars=160, float_precision=None,
         ):
             text = str(frame)

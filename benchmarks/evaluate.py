@@ -1,0 +1,107 @@
+"""Evaluation speed: `evaluate_policy` (ips, snips, dr) on a store vs one numpy pass over arrays in memory.
+
+The store holds `--rows` events from a uniform logger (10 actions, 1,000 contexts, 0/1 rewards),
+generated in DuckDB. The reference computes the IPS and SNIPS sums (sum w r, sum w, sum (w r)^2)
+with w = pi(a|x) / p on arrays already in memory (context codes, actions, propensities, rewards,
+the target as a contexts x actions matrix). `evaluate_policy` reads the store, checks overlap,
+fits the default cross-fitted reward model (per-context-action means) and runs ips, snips and dr.
+Both alternate, best of `--repeats`. Target (issue 3): ratio = evaluate / numpy <= 3.
+
+    python benchmarks/evaluate.py --rows 10000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from mval.evaluate import evaluate_policy
+from mval.policies import add_policy
+from mval.store import init_store, load_sql, open_store
+
+ACTIONS, CONTEXTS = 10, 1000
+
+
+def build_store(folder: Path, rows: int, seed: int) -> Path:
+    path = init_store(folder / "bench.duckdb")
+    rng = np.random.default_rng(seed)
+    target = rng.dirichlet(np.full(ACTIONS, 0.5), size=CONTEXTS)
+    ids = [f"c{i}" for i in range(CONTEXTS)]
+    pl.DataFrame({"context_id": np.repeat(ids, ACTIONS), "action": np.tile(np.arange(ACTIONS), CONTEXTS),
+                  "prob": target.ravel()}).write_csv(folder / "target.csv")
+    pl.DataFrame({"context_id": [None] * ACTIONS, "action": np.arange(ACTIONS), "prob": np.full(ACTIONS, 1 / ACTIONS)},
+                 schema={"context_id": pl.String, "action": pl.Int64, "prob": pl.Float64}).write_csv(folder / "uniform.csv")
+    with open_store(path) as con:
+        con.execute(load_sql("evaluate_bench_log"), {"rows": rows, "actions": ACTIONS, "contexts": CONTEXTS})
+        add_policy(con, "target", folder / "target.csv")
+        add_policy(con, "uniform", folder / "uniform.csv")
+    return path
+
+
+def arrays_in_memory(path: Path) -> tuple[np.ndarray, ...]:
+    with open_store(path, read_only=True) as con:
+        df = con.sql("SELECT CAST(substr(context_id, 2) AS INTEGER) AS x, action, propensity, reward FROM events").pl()
+        target = con.sql("SELECT CAST(substr(context_id, 2) AS INTEGER) AS x, action, prob FROM policies "
+                         "WHERE policy = 'target'").pl()
+    probs = np.zeros((CONTEXTS, ACTIONS))
+    probs[target["x"].to_numpy(), target["action"].to_numpy()] = target["prob"].to_numpy()
+    return (df["x"].to_numpy(), df["action"].to_numpy(), df["propensity"].to_numpy(), df["reward"].to_numpy(), probs)
+
+
+def numpy_pass(x: np.ndarray, a: np.ndarray, p: np.ndarray, r: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
+    """Seconds for sum w r, sum w, sum (w r)^2 (IPS, SNIPS and their SEs), and the IPS estimate."""
+    start = time.perf_counter()
+    w = probs[x, a] / p
+    wr = w * r
+    sums = np.array([wr.sum(), w.sum(), wr @ wr])
+    seconds = time.perf_counter() - start
+    return seconds, float(sums[0] / len(r))
+
+
+def mval_pass(path: Path) -> tuple[float, float]:
+    with open_store(path, read_only=True) as con:
+        start = time.perf_counter()
+        result = evaluate_policy(con, "target", None, ["ips", "snips", "dr"])
+        seconds = time.perf_counter() - start
+    return seconds, result.estimates[0][1].estimate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        path = build_store(Path(tmp), args.rows, args.seed)
+        build_seconds = time.perf_counter() - start
+        arrays = arrays_in_memory(path)
+        reference, ours = [], []
+        for _ in range(args.repeats):
+            seconds, ips_numpy = numpy_pass(*arrays)
+            reference.append(seconds)
+            seconds, ips_mval = mval_pass(path)
+            ours.append(seconds)
+    print(json.dumps({
+        "rows": args.rows,
+        "actions": ACTIONS,
+        "contexts": CONTEXTS,
+        "store_build_seconds": round(build_seconds, 2),
+        "numpy_ips_sums_seconds": round(min(reference), 3),
+        "evaluate_ips_snips_dr_seconds": round(min(ours), 3),
+        "ratio": round(min(ours) / min(reference), 2),
+        "target_ratio": 3.0,
+        "ips_numpy": ips_numpy,
+        "ips_mval": ips_mval,
+    }))
+
+
+if __name__ == "__main__":
+    main()

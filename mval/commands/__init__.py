@@ -1,0 +1,1 @@
+"""Click commands of the bandit side, one module each; cli.py registers them."""

@@ -1,0 +1,323 @@
+"""`mval evaluate`: off-policy estimates of a target policy from the store's logs.
+
+The chosen loggers' rows come out of DuckDB in one query, identical rows merged into one cell with
+a count (lossless for every estimator, the bootstrap included). Policies are dense (contexts x
+actions) matrices; each row looks up its context. A logger's policy is known when `policies` holds
+a policy named like the logger, or else its rows carry `action_probs`.
+
+Positions (slates): `pooled` ignores them; `per-position` gives one estimate per position; `context`
+makes the position part of the context, key `context_id|position` (just the position when
+context_id is NULL), so policies must be given for those keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import duckdb
+import numpy as np
+import polars as pl
+
+from mval.errors import MvalError
+from mval.estimators import BALANCED, ESTIMATORS, NEEDS_MODEL, Estimate, LoggedData, make_estimator
+from mval.policies import PolicyTable, load_policy, policy_names
+from mval.progress import progress
+from mval.reward_model import check_folds, cross_fit_means, cross_fit_model
+from mval.store import load_sql
+
+POSITIONS = ("pooled", "per-position", "context")
+OWN_WEIGHT = ("ips", "snips", "clipped-ips", "dr", "sndr", "switch-dr", "weighted-ips")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Estimates of one policy; `estimates` pairs each with its position (None unless per-position)."""
+
+    policy: str
+    loggers: tuple[str, ...]
+    positions: str
+    reward_model: str | None
+    estimates: tuple[tuple[int | None, Estimate], ...]
+    skipped: dict[str, str] = field(default_factory=dict)  # estimator -> why (only with 'all')
+
+    def records(self) -> list[dict]:
+        """One dict per estimate: Estimate.to_dict() plus `position` and the `positions` mode."""
+        return [{**e.to_dict(), "position": pos, "positions": self.positions} for pos, e in self.estimates]
+
+
+def parse_estimators(names: Sequence[str]) -> tuple[list[str], bool]:
+    """Estimator names in order (comma lists allowed); 'all' -> every estimator, flagged as such."""
+    chosen = [n.strip() for name in names for n in name.split(",") if n.strip()]
+    if not chosen:
+        raise MvalError("--estimator: no estimator given; use all or a comma list such as ips,snips,dr")
+    if "all" in chosen:
+        return list(ESTIMATORS), True
+    for name in chosen:
+        if name not in ESTIMATORS:
+            raise MvalError(f"--estimator {name}: unknown estimator; choose from all, {', '.join(ESTIMATORS)}")
+    return list(dict.fromkeys(chosen)), False
+
+
+@dataclass(frozen=True)
+class _Log:
+    """The selected rows as cells (arrays of equal length), with context codes 0..C-1."""
+
+    loggers: tuple[str, ...]
+    n_actions: int
+    keys: np.ndarray  # (C,) context key of each code; None for a NULL key (last)
+    cells: dict[str, np.ndarray]
+    features: np.ndarray | None
+
+
+def _query_cells(
+    con: duckdb.DuckDBPyConnection, loggers: Sequence[str] | None, positions: str, with_features: bool,
+    folds: int, seed: int,
+) -> pl.DataFrame:
+    return con.sql(load_sql("evaluate_rows"), params={
+        "all_loggers": loggers is None, "loggers": list(loggers or []),
+        "position_in_context": positions == "context", "by_position": positions != "pooled",
+        "with_features": with_features, "folds": folds, "seed": seed,
+    }).pl()
+
+
+def _check_selection(
+    con: duckdb.DuckDBPyConnection, df: pl.DataFrame, loggers: Sequence[str] | None,
+) -> tuple[str, ...]:
+    """The loggers in order (as given, else sorted); refuse an empty store or unknown logger names."""
+    if loggers is not None and not loggers:
+        raise MvalError("--loggers: empty list; name at least one logger or leave the option out")
+    found = set(df["logger"].to_list())
+    if loggers is None:
+        if not found:
+            raise MvalError("the store has no events: nothing to evaluate; ingest a log first with `mval ingest`")
+        return tuple(sorted(found))
+    unknown = [name for name in loggers if name not in found]
+    if unknown:
+        known = [r[0] for r in con.execute("SELECT DISTINCT logger FROM events ORDER BY 1").fetchall()]
+        raise MvalError(f"--loggers: no rows from logger {unknown[0]!r} (known: {', '.join(known) or 'none'})")
+    return tuple(dict.fromkeys(loggers))
+
+
+def _n_actions(con: duckdb.DuckDBPyConnection, df: pl.DataFrame, loggers: tuple[str, ...], policy: str) -> int:
+    """K agreed by rows, action_probs and logger policies; refuse when the target needs more actions."""
+    lengths = df["action_probs_len"].drop_nulls()
+    if lengths.len() and lengths.min() != lengths.max():
+        raise MvalError(f"action_probs have different lengths ({lengths.min()} and {lengths.max()}) across the "
+                        "chosen loggers' rows; every row must list all actions")
+    policy_k = dict(con.execute(
+        "SELECT policy, max(action) + 1 FROM policies WHERE list_contains(?, policy) GROUP BY policy",
+        [[*loggers, policy]],
+    ).fetchall())
+    if policy not in policy_k:
+        known = ", ".join(policy_names(con)) or "none"
+        raise MvalError(f"no policy named {policy!r} in the store (known: {known}); add it with `mval policy add`")
+    k_log = max([int(df["action"].max()) + 1, int(lengths.max() or 0), *(policy_k.get(n, 0) for n in loggers)])
+    if policy_k[policy] > k_log:
+        raise MvalError(
+            f"policy {policy!r} has {policy_k[policy]} actions (0..{policy_k[policy] - 1}) but the log has "
+            f"{k_log} (0..{k_log - 1}); rows and policy must number actions the same way"
+        )
+    return k_log
+
+
+def _read_log(
+    con: duckdb.DuckDBPyConnection, policy: str, loggers: Sequence[str] | None, positions: str, needs_model: bool,
+    folds: int, seed: int,
+) -> _Log:
+    """One scan; a second one with the features only when a reward model will use them.
+
+    Features are used when every chosen row has a vector, all of one length.
+    """
+    df = _query_cells(con, loggers, positions, False, folds, seed)
+    names = _check_selection(con, df, loggers)
+    if positions != "pooled" and df["position"].null_count() == df.height:
+        raise MvalError(f"--positions {positions}: the chosen rows have no position; use --positions pooled")
+    n_actions = _n_actions(con, df, names, policy)
+    widths = df["features_len"]
+    features = None
+    if needs_model and widths.null_count() == 0 and widths.min() == widths.max() and widths.max() > 0:
+        df = _query_cells(con, loggers, positions, True, folds, seed)
+        features = df["features"].list.to_array(int(widths.max())).to_numpy()
+    keys = df["context_key"].unique().sort(nulls_last=True)
+    context = (df["context_key"].rank("dense").cast(pl.Int64) - 1).fill_null(keys.len() - 1)
+    index = {name: i for i, name in enumerate(names)}
+    cells = {name: df[name].to_numpy() for name in ("action", "propensity", "reward", "fold", "count")}
+    cells["logger_index"] = df["logger"].replace_strict(index, return_dtype=pl.Int64).to_numpy()
+    cells["context"] = context.to_numpy()
+    cells["position"] = df["position"].to_numpy() if positions == "per-position" else np.zeros(df.height)
+    return _Log(names, n_actions, keys.to_numpy(), cells, features)
+
+
+def _policy_matrix(table: PolicyTable, keys: np.ndarray) -> np.ndarray:
+    """(C, K) rows of `table` for the context keys; NaN rows where the table does not cover a key."""
+    if table.context_ids is None:
+        return np.broadcast_to(table.probs[0], (len(keys), table.n_actions)).copy()
+    out = np.full((len(keys), table.n_actions), np.nan)
+    present = np.array([k is not None for k in keys], dtype=bool)
+    found = present.copy()
+    found[present] = np.isin(keys[present].astype(str), table.context_ids)
+    out[found] = table.probs_for(keys[found].astype(str))
+    return out
+
+
+def _target_matrix(con: duckdb.DuckDBPyConnection, policy: str, log: _Log) -> np.ndarray:
+    table = load_policy(con, policy, n_actions=log.n_actions)
+    probs = _policy_matrix(table, log.keys)
+    missing = np.isnan(probs[:, 0])
+    if missing.any():
+        key = log.keys[missing][0]
+        what = "rows with no context_id" if key is None else f"context_id {key!r}"
+        raise MvalError(f"policy {policy!r} gives no probabilities for {what}; add those contexts to the policy "
+                        "(or give a context-free policy with an empty context_id)")
+    return probs
+
+
+def _logger_matrix(con: duckdb.DuckDBPyConnection, logger: str, log: _Log, positions: str) -> np.ndarray | None:
+    """pi_k as (C, K) with NaN rows where unknown; None when the logger's policy is unknown."""
+    if con.execute("SELECT count(*) FROM policies WHERE policy = ?", [logger]).fetchall()[0][0]:
+        return _policy_matrix(load_policy(con, logger, n_actions=log.n_actions), log.keys)
+    df = con.sql(load_sql("evaluate_logger_probs"), params={
+        "logger": logger, "position_in_context": positions == "context"}).pl()
+    if df.height == 0 or df["variants"].max() > 1:
+        return None
+    table_keys = df["context_key"].to_numpy()
+    probs = np.array(df["probs"].to_list(), dtype=float)
+    if probs.shape[1] != log.n_actions:
+        raise MvalError(f"logger {logger!r}: action_probs list {probs.shape[1]} actions but the log has "
+                        f"{log.n_actions}; rows and policies must number actions the same way")
+    if df["context_key"].null_count():
+        if df.height > 1:
+            return None  # a context-free part and a per-context part: not one policy
+        return np.broadcast_to(probs[0], (len(log.keys), log.n_actions)).copy()
+    return _policy_matrix(PolicyTable(logger, table_keys.astype(str), probs), log.keys)
+
+
+def _overlap_problem(target: np.ndarray, cover: np.ndarray, contexts: np.ndarray, keys: np.ndarray) -> str | None:
+    """'action a at context c' where target > 0 but cover == 0, on the given contexts; None if overlap holds."""
+    t, c = target[contexts], cover[contexts]
+    bad = (t > 0) & (c == 0)
+    if not bad.any():
+        return None
+    row, action = np.argwhere(bad)[0]
+    key = keys[contexts[row]]
+    where = "every context" if key is None else f"context {key!r}"
+    return f"gives probability {t[row, action]:.3g} to action {action} at {where}"
+
+
+def evaluate_policy(
+    con: duckdb.DuckDBPyConnection,
+    policy: str,
+    loggers: Sequence[str] | None = None,
+    estimators: Sequence[str] = ("all",),
+    n_boot: int = 0,
+    seed: int = 0,
+    positions: str = "pooled",
+    clip: float = 10.0,
+    tau: float = 10.0,
+    folds: int = 5,
+    reward_model: Callable[[], object] | None = None,
+    level: float = 0.95,
+) -> Evaluation:
+    """Estimate the value of `policy` from the rows of `loggers` (None: all) with each named estimator.
+
+    'all' runs every estimator that applies and lists the others in `skipped`; a name asked for
+    explicitly that cannot run (no overlap, unknown logger policy) is refused with MvalError.
+    reward_model: a factory of objects with fit/predict used on features (default: see reward_model.py).
+    """
+    if positions not in POSITIONS:
+        raise MvalError(f"--positions {positions}: unknown; use {', '.join(POSITIONS)}")
+    names, everything = parse_estimators(estimators)
+    for name in names:  # refuse bad clip/tau before reading anything
+        make_estimator(name, clip, tau)
+    if n_boot < 0:
+        raise MvalError(f"--bootstrap must be >= 0, found {n_boot}")
+    check_folds(folds)
+    log = _read_log(con, policy, loggers, positions, any(n in NEEDS_MODEL for n in names), folds, seed)
+    target = _target_matrix(con, policy, log)
+    logger_probs = [_logger_matrix(con, name, log, positions) for name in log.loggers]
+
+    skipped: dict[str, str] = {}
+    cells = log.cells
+    groups = np.unique(cells["position"]) if positions == "per-position" else [None]
+    results: list[tuple[int | None, Estimate]] = []
+    model_name = None
+    for group in groups:
+        rows = np.flatnonzero(cells["position"] == group) if group is not None else np.arange(len(cells["count"]))
+        sub = {k: v[rows] for k, v in cells.items()}
+        present, logger_index = np.unique(sub["logger_index"], return_inverse=True)
+        n_k = np.bincount(logger_index, weights=sub["count"])
+        blocked, pibar = _check_support(names, policy, target, logger_probs, log, sub, present, logger_index, n_k)
+        for name, why in blocked.items():
+            if not everything:
+                raise MvalError(f"--estimator {name}: {why}")
+            skipped.setdefault(name, why if group is None else f"position {group}: {why}")
+        run = [n for n in names if n not in blocked]
+        q_logged = q_target = None
+        if any(n in NEEDS_MODEL for n in run):
+            q_logged, q_target, model_name = _reward_model(log, sub, rows, target, folds, reward_model, seed)
+        context, action = sub["context"], sub["action"]
+        data = LoggedData(
+            reward=sub["reward"], propensity=sub["propensity"], target_prob=target[context, action],
+            logger=logger_index, pibar=None if pibar is None else pibar[context, action],
+            q_logged=q_logged, q_target=q_target, count=sub["count"],
+        )
+        for name in progress(run, desc=f"evaluate {policy}"):
+            results.append((group, make_estimator(name, clip, tau).estimate(data, n_boot, seed, level)))
+    return Evaluation(policy, log.loggers, positions, model_name, tuple(results), skipped)
+
+
+def _check_support(
+    names: list[str], policy: str, target: np.ndarray, logger_probs: list[np.ndarray | None], log: _Log,
+    sub: dict[str, np.ndarray], present: np.ndarray, logger_index: np.ndarray, n_k: np.ndarray,
+) -> tuple[dict[str, str], np.ndarray | None]:
+    """Estimators that cannot run on these rows (name -> why), and pibar (C, K) when balanced ones can.
+
+    Own-weight estimators need every known logger to cover the target on the contexts it logged;
+    balanced ones need every logger's policy at every context, and the mixture to cover the target.
+    """
+    blocked: dict[str, str] = {}
+    for j, k in enumerate(present):
+        if logger_probs[k] is None:
+            continue
+        problem = _overlap_problem(target, logger_probs[k], np.unique(sub["context"][logger_index == j]), log.keys)
+        if problem:
+            why = (f"no overlap: policy {policy!r} {problem} but logger {log.loggers[k]!r} never takes it; "
+                   "use balanced-ips/balanced-dr with a logger that does, or dm")
+            blocked.update({n: why for n in names if n in OWN_WEIGHT and n not in blocked})
+    balanced = [n for n in names if n in BALANCED]
+    if not balanced:
+        return blocked, None
+    contexts = np.unique(sub["context"])
+    unknown = [log.loggers[k] for k in present if logger_probs[k] is None]
+    partial = [log.loggers[k] for k in present
+               if logger_probs[k] is not None and np.isnan(logger_probs[k][contexts]).any()]
+    if unknown or partial:
+        who = (unknown or partial)[0]
+        why = (f"logger {who!r} has no known policy{' at every context' if not unknown else ''}; add it with "
+               f"`mval policy add STORE {who} FILE` (named like the logger) or log action_probs")
+        return {**blocked, **{n: why for n in balanced}}, None
+    pibar = sum(n * logger_probs[k] for n, k in zip(n_k, present)) / n_k.sum()
+    problem = _overlap_problem(target, pibar, contexts, log.keys)
+    if problem:
+        why = f"no overlap: policy {policy!r} {problem} but no chosen logger takes it"
+        return {**blocked, **{n: why for n in balanced}}, None
+    return blocked, pibar
+
+
+def _reward_model(
+    log: _Log, sub: dict[str, np.ndarray], rows: np.ndarray, target: np.ndarray, folds: int,
+    factory: Callable[[], object] | None, seed: int,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Cross-fitted q at the logged action and q_pi = sum_a pi q, for the cells `rows`."""
+    context, action, fold = sub["context"], sub["action"], sub["fold"]
+    if log.features is not None:
+        q = cross_fit_model(log.features[rows], action, sub["reward"], log.n_actions, fold, folds, factory,
+                            sub["count"], seed=seed)
+        name = "cross-fitted model on features" if factory else "cross-fitted linear/logistic on features"
+        return q[np.arange(len(action)), action], (q * target[context]).sum(axis=1), name
+    if factory is not None:
+        raise MvalError("a reward model was given but the rows have no features; drop it to use context means")
+    table = cross_fit_means(context, action, sub["reward"], fold, len(log.keys), log.n_actions, folds, sub["count"])
+    expected = (table * target[None]).sum(axis=-1)  # (folds, C)
+    return table[fold, context, action], expected[fold, context], "cross-fitted context-action means"

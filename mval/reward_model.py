@@ -1,0 +1,153 @@
+"""Cross-fitted reward models q(x, a) for DM and DR: every row is predicted by a model that did not see it.
+
+Rows are split into `folds` folds; the model for fold f is fitted on the other folds. Defaults:
+- with features: logistic regression (binary rewards) or ridge regression (otherwise), both
+  L2-regularised, on [x, one-hot(a), x * one-hot(a)] with x standardised; fitted on at most
+  `max_fit_rows` rows per fold (a random subsample), so large logs stay cheap;
+- without features: per-(context, action) means shrunk towards per-action means, which are
+  shrunk towards the global mean (`prior` pseudo-rows each); one context = per-action means.
+Any object with `fit(X, y)` and `predict(X)` (or `predict_proba`) can replace the default: pass a
+factory that returns a fresh one; it sees the same design matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression, Ridge
+
+from mval.errors import MvalError
+
+MAX_FIT_ROWS = 200_000
+PRIOR_ROWS = 1.0
+
+
+def fold_ids(n: int, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """A balanced random fold 0..folds-1 for each of n rows."""
+    check_folds(folds)
+    return np.random.default_rng(seed).permutation(n) % folds
+
+
+def check_folds(folds: int) -> None:
+    if folds < 2:
+        raise MvalError(f"cross-fitting needs at least 2 folds, found {folds}")
+
+
+def cross_fit_means(
+    context: np.ndarray,
+    action: np.ndarray,
+    reward: np.ndarray,
+    fold: np.ndarray,
+    n_contexts: int,
+    n_actions: int,
+    folds: int,
+    count: np.ndarray | None = None,
+    prior: float = PRIOR_ROWS,
+) -> np.ndarray:
+    """Out-of-fold means as a table T (folds, C, K): q for row i is T[fold_i, context_i, :].
+
+    g = global mean, m_a = (S_a + prior g) / (N_a + prior), T[x, a] = (S_xa + prior m_a) / (N_xa + prior),
+    with S, N the reward sums and row counts of the other folds.
+    """
+    check_folds(folds)
+    c = np.ones_like(reward, dtype=float) if count is None else count
+    cell = (fold * n_contexts + context) * n_actions + action
+    size = folds * n_contexts * n_actions
+    shape = (folds, n_contexts, n_actions)
+    rows_in = np.bincount(cell, weights=c, minlength=size).reshape(shape)
+    sums_in = np.bincount(cell, weights=c * reward, minlength=size).reshape(shape)
+    rows_out = rows_in.sum(axis=0) - rows_in  # (folds, C, K): the other folds
+    sums_out = sums_in.sum(axis=0) - sums_in
+    total_rows, total_sums = rows_out.sum(axis=(1, 2)), sums_out.sum(axis=(1, 2))
+    global_mean = np.divide(total_sums, total_rows, out=np.zeros(folds), where=total_rows > 0)
+    action_mean = (sums_out.sum(axis=1) + prior * global_mean[:, None]) / (rows_out.sum(axis=1) + prior)
+    return (sums_out + prior * action_mean[:, None, :]) / (rows_out + prior)
+
+
+def design_matrix(x: np.ndarray, action: np.ndarray, n_actions: int) -> np.ndarray:
+    """[x, one-hot(a), x * one-hot(a)]: a linear model with a separate slope per action."""
+    onehot = np.zeros((len(action), n_actions))
+    onehot[np.arange(len(action)), action] = 1.0
+    return np.hstack([x, onehot, (x[:, :, None] * onehot[:, None, :]).reshape(len(action), -1)])
+
+
+def default_factory(binary: bool) -> Callable[[], object]:
+    """Logistic regression (C = 1) for 0/1 rewards, ridge (alpha = 1) otherwise."""
+    if binary:
+        return lambda: LogisticRegression(C=1.0, max_iter=1000)
+    return lambda: Ridge(alpha=1.0)
+
+
+def _predict(model: object, x: np.ndarray, binary: bool) -> np.ndarray:
+    """P(r = 1) from classifiers on 0/1 rewards, else predict()."""
+    if binary and hasattr(model, "predict_proba"):
+        return model.predict_proba(x)[:, list(model.classes_).index(1.0)]
+    return np.asarray(model.predict(x), dtype=float)
+
+
+def cross_fit_model(
+    features: np.ndarray,
+    action: np.ndarray,
+    reward: np.ndarray,
+    n_actions: int,
+    fold: np.ndarray,
+    folds: int,
+    factory: Callable[[], object] | None = None,
+    count: np.ndarray | None = None,
+    max_fit_rows: int = MAX_FIT_ROWS,
+    seed: int = 0,
+) -> np.ndarray:
+    """q (n, K) from a model on the design matrix, fitted once per fold on the other folds' rows."""
+    check_folds(folds)
+    features = np.asarray(features, dtype=float)
+    binary = bool(np.isin(reward, (0.0, 1.0)).all())
+    make = factory or default_factory(binary)
+    scale = features.std(axis=0)
+    x = (features - features.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
+    reps = np.ones(len(reward), dtype=np.int64) if count is None else np.asarray(count).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    q = np.empty((len(reward), n_actions))
+    for f in range(folds):
+        train = np.repeat(np.flatnonzero(fold != f), reps[fold != f])
+        test = np.flatnonzero(fold == f)
+        if len(test) == 0:
+            continue
+        if len(train) > max_fit_rows:
+            train = rng.choice(train, size=max_fit_rows, replace=False)
+        y = reward[train]
+        if len(train) == 0 or (binary and np.unique(y).size < 2):
+            q[test] = y.mean() if len(y) else 0.0  # nothing to learn from: a constant
+            continue
+        model = make()
+        model.fit(design_matrix(x[train], action[train], n_actions), y)
+        for a in range(n_actions):
+            q[test, a] = _predict(model, design_matrix(x[test], np.full(len(test), a), n_actions), binary)
+    return q
+
+
+def cross_fit_rewards(
+    action: np.ndarray,
+    reward: np.ndarray,
+    n_actions: int,
+    features: np.ndarray | None = None,
+    context: np.ndarray | None = None,
+    folds: int = 5,
+    factory: Callable[[], object] | None = None,
+    count: np.ndarray | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Cross-fitted q (n, K): a model on features if given, else out-of-fold (context, action) means.
+
+    context: integer codes 0..C-1 (None: one context, i.e. per-action means).
+    """
+    action = np.asarray(action, dtype=np.int64)
+    reward = np.asarray(reward, dtype=float)
+    fold = fold_ids(len(reward), folds, seed)
+    if features is not None:
+        return cross_fit_model(features, action, reward, n_actions, fold, folds, factory, count, seed=seed)
+    if factory is not None:
+        raise MvalError("a reward model factory needs features; pass `features` or drop the factory")
+    ctx = np.zeros(len(reward), dtype=np.int64) if context is None else np.asarray(context, dtype=np.int64)
+    table = cross_fit_means(ctx, action, reward, fold, int(ctx.max()) + 1, n_actions, folds, count)
+    return table[fold, ctx]

@@ -1,0 +1,10 @@
+-- `mval evaluate`: a logger's policy read from its rows' action_probs, one row per context key.
+-- variants > 1: the logger's distribution is not a function of the context key.
+SELECT
+    CASE WHEN $position_in_context THEN concat_ws('|', context_id, CAST(position AS TEXT))
+         ELSE context_id END AS context_key,
+    count(DISTINCT action_probs) AS variants,
+    any_value(action_probs)      AS probs
+FROM events
+WHERE logger = $logger AND action_probs IS NOT NULL
+GROUP BY ALL;

@@ -1,0 +1,165 @@
+"""`design_logging_policy` and `mval design` on a real store, checked against numpy on the same rows."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from mval.commands.design import design
+from mval.design import MvalProblem, balanced_variance, solve_exact
+from mval.design_store import SHRINK_ROWS, design_logging_policy
+from mval.errors import MvalError
+from mval.policies import add_policy, load_policy
+from mval.store import open_store
+
+K = 3
+
+
+def fill(store, tmp_path, rows=400, seed=0, with_probs=True):
+    """Logger 'prod' (per-context distribution in action_probs), a contextual and a context-free target."""
+    rng = np.random.default_rng(seed)
+    ctx = rng.integers(4, size=rows)
+    probs = rng.dirichlet(np.ones(K), size=4)
+    action = (rng.random((rows, 1)) > np.cumsum(probs[ctx], axis=1)).sum(axis=1)
+    reward = (rng.random(rows) < 0.2 + 0.2 * action).astype(float)
+    with open_store(store) as con:
+        con.execute(
+            "INSERT INTO events SELECT i, 1, 'prod', 'c' || ctx, NULL, a, p, r, "
+            "CASE WHEN ? THEN probs END, NULL, NULL FROM (SELECT unnest(?) AS i, unnest(?) AS ctx, "
+            "unnest(?) AS a, unnest(?) AS p, unnest(?) AS r, unnest(?::DOUBLE[][]) AS probs)",
+            [with_probs, list(range(rows)), ctx.tolist(), action.tolist(), probs[ctx, action].tolist(),
+             reward.tolist(), probs[ctx].tolist()],
+        )
+        context_free = {"context_id": [None] * K, "action": range(K), "prob": [0.1, 0.2, 0.7]}
+        pl.DataFrame(context_free).write_csv(tmp_path / "a.csv")
+        pl.DataFrame({"context_id": np.repeat([f"c{i}" for i in range(4)], K), "action": np.tile(range(K), 4),
+                      "prob": np.tile([0.6, 0.4, 0.0], 4)}).write_csv(tmp_path / "b.csv")
+        add_policy(con, "A", tmp_path / "a.csv")
+        add_policy(con, "B", tmp_path / "b.csv")
+    return ctx, action, reward, probs
+
+
+def test_matches_numpy_on_the_same_rows(store, tmp_path):
+    ctx, action, reward, probs = fill(store, tmp_path)
+    with open_store(store) as con:
+        result = design_logging_policy(con, ["A"], 600)
+    # independent estimates: frequencies, shrunk moments, pi0 = the logged distributions
+    n = len(ctx)
+    p = np.bincount(ctx, minlength=4) / n
+    counts = np.zeros((4, K))
+    r1, r2 = np.zeros((4, K)), np.zeros((4, K))
+    np.add.at(counts, (ctx, action), 1)
+    np.add.at(r1, (ctx, action), reward)
+    np.add.at(r2, (ctx, action), reward**2)
+    s_action = (r2.sum(0) + SHRINK_ROWS * reward.mean()) / (counts.sum(0) + SHRINK_ROWS)
+    s = (r2 + SHRINK_ROWS * s_action) / (counts + SHRINK_ROWS)
+    m_action = (r1.sum(0) + SHRINK_ROWS * reward.mean()) / (counts.sum(0) + SHRINK_ROWS)
+    m = (r1 + SHRINK_ROWS * m_action) / (counts + SHRINK_ROWS)
+    target = np.tile([0.1, 0.2, 0.7], (4, 1))
+    expected = solve_exact(MvalProblem(target**2 * s, probs, n / (n + 600), p))
+    got = result.policy.sort(["context_id", "action"])["prob"].to_numpy().reshape(4, K)
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+    variance = balanced_variance(target, [probs, expected], [n, 600], p, s, m)
+    assert result.std_error == pytest.approx(np.sqrt(variance), rel=1e-9)
+    by_name = {a.name: a for a in result.alternatives}
+    assert by_name["pi0"].std_error == pytest.approx(
+        np.sqrt(balanced_variance(target, [probs, probs], [n, 600], p, s, m)), rel=1e-9)
+    for alt in result.alternatives:  # MVAL beats each alternative, which needs more rounds to catch up
+        assert alt.std_error >= result.std_error
+        assert alt.rounds_needed >= 600
+        if np.isfinite(alt.rounds_needed):
+            pi = {"target": target, "uniform": np.full((4, K), 1 / K), "pi0": probs}.get(alt.name)
+            if pi is not None:
+                at = balanced_variance(target, [probs, pi], [n, alt.rounds_needed], p, s, m)
+                before = balanced_variance(target, [probs, pi], [n, alt.rounds_needed - 1], p, s, m)
+                assert at <= variance < before
+
+
+def test_difference_dr_and_cvxpy_minimax(store, tmp_path):
+    fill(store, tmp_path)
+    with open_store(store) as con:
+        diff = design_logging_policy(con, ["A", "B"], 300, objective="difference", estimator="dr", floor=0.01)
+        minimax = design_logging_policy(con, ["A", "B"], 300, objective="minimax")
+        average = design_logging_policy(con, ["A", "B"], 300, objective="average", solver="cvxpy")
+    assert diff.policy["prob"].min() >= 0.01 - 1e-12
+    assert minimax.solver == "cvxpy" and average.solver == "cvxpy"
+    for result in (diff, minimax, average):
+        sums = result.policy.group_by("context_id").agg(pl.col("prob").sum())["prob"]
+        np.testing.assert_allclose(sums.to_numpy(), 1, atol=1e-9)
+
+
+def test_min_reward_ratio_holds(store, tmp_path):
+    _, _, _, probs = fill(store, tmp_path)
+    with open_store(store) as con:
+        free = design_logging_policy(con, ["B"], 300)
+        held = design_logging_policy(con, ["B"], 300, min_reward_ratio=1.2)
+    assert held.std_error >= free.std_error
+
+
+def test_second_moment_table_and_context_free_log(store, tmp_path):
+    with open_store(store) as con:
+        con.execute("INSERT INTO events VALUES (0, 1, 'uni', NULL, NULL, 0, 0.5, 1.0, [0.5, 0.5], NULL, NULL), "
+                    "(1, 1, 'uni', NULL, NULL, 1, 0.5, 0.0, [0.5, 0.5], NULL, NULL)")
+        pl.DataFrame({"context_id": [None, None], "action": [0, 1], "prob": [0.5, 0.5]}).write_csv(tmp_path / "t.csv")
+        add_policy(con, "T", tmp_path / "t.csv")
+        pl.DataFrame({"context_id": [None, None], "action": [0, 1], "s": [1.0, 9.0]}).write_csv(tmp_path / "s.csv")
+        result = design_logging_policy(con, ["T"], 2, second_moment_table=tmp_path / "s.csv")
+    # alpha = 1/2, pi0 uniform: pibar ~ (1, 3)/4 -> pi1 = (0, 1)
+    assert result.policy["context_id"].null_count() == 2
+    np.testing.assert_allclose(result.policy["prob"].to_numpy(), [0.0, 1.0], atol=1e-12)
+
+
+def test_command_saves_and_writes(store, tmp_path):
+    fill(store, tmp_path)
+    out = tmp_path / "next.csv"
+    runner = CliRunner()
+    res = runner.invoke(design, [str(store), "--target", "A", "--budget", "500", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "ignore_log" in res.output and "rounds_needed" in res.output
+    res = runner.invoke(design, [str(store), "--target", "A", "--budget", "500", "--format", "json"])
+    assert res.exit_code != 0 and "already exists" in str(res.exception)
+    res = runner.invoke(design, [str(store), "--target", "A", "--budget", "500", "--format", "json", "--replace"])
+    report = json.loads(res.output)[0]
+    assert report["saved_as"] == "mval-A" and len(report["alternatives"]) == 4
+    with open_store(store) as con:
+        stored = load_policy(con, "mval-A", n_actions=K)
+        add_policy(con, "from-file", out)  # the file reads straight back in
+        again = load_policy(con, "from-file", n_actions=K)
+    np.testing.assert_allclose(stored.probs, again.probs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"targets": ["nope"]}, "no policy named 'nope'"),
+        ({"budget": 0}, "positive whole number"),
+        ({"targets": ["A"], "objective": "difference"}, "two policies"),
+        ({"targets": ["A", "B"], "objective": "minimax", "solver": "exact"}, "needs --solver cvxpy"),
+        ({"loggers": ["ghost"]}, "no events from 'ghost'"),
+        ({"estimator": "snips"}, "unknown"),
+        ({"targets": ["A", "A"]}, "appears twice"),
+        ({"min_reward_ratio": -1.0}, ">= 0"),
+        ({"min_reward_ratio": 50.0}, "out of reach"),
+        ({"floor": 0.5}, "no policy has that floor"),
+    ],
+)
+def test_refusals(store, tmp_path, kwargs, match):
+    fill(store, tmp_path)
+    args = {"targets": ["A"], "budget": 100, **kwargs}
+    with open_store(store) as con, pytest.raises(MvalError, match=match):
+        design_logging_policy(con, **args)
+
+
+def test_refuses_logger_without_distribution(store, tmp_path):
+    fill(store, tmp_path, with_probs=False)
+    with open_store(store) as con, pytest.raises(MvalError, match="mval policy add STORE prod"):
+        design_logging_policy(con, ["A"], 100)
+
+
+def test_refuses_empty_store(store):
+    with open_store(store) as con, pytest.raises(MvalError, match="no events"):
+        design_logging_policy(con, ["A"], 100)

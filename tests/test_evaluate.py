@@ -1,0 +1,265 @@
+"""`evaluate_policy` and `mval evaluate` on real stores, checked against numpy on the same rows."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from mval.commands.evaluate import evaluate
+from mval.errors import MvalError
+from mval.estimators import LoggedData, make_estimator
+from mval.evaluate import evaluate_policy
+from mval.policies import add_policy
+from mval.reward_model import cross_fit_means
+from mval.store import init_store, open_store
+
+K, CONTEXTS = 3, [f"c{i}" for i in range(4)]
+UNIFORM = np.full((4, K), 1 / K)
+LOGGER_B = np.array([[0.7, 0.3, 0.0], [0.2, 0.5, 0.3], [0.4, 0.4, 0.2], [0.1, 0.1, 0.8]])  # never action 2 at c0
+TARGET = np.array([[0.2, 0.3, 0.5], [0.6, 0.2, 0.2], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]])
+TARGET_SAFE = np.array([[0.5, 0.5, 0.0], [0.6, 0.2, 0.2], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]])  # covered by B
+SIZES = {"A": 600, "B": 400, "C": 300, "D": 200}
+
+
+def write_policy(con, tmp_path: Path, name: str, probs: np.ndarray, contexts=CONTEXTS) -> None:
+    path = tmp_path / f"{name}.csv"
+    pl.DataFrame({
+        "context_id": np.repeat(contexts, probs.shape[1]),
+        "action": np.tile(np.arange(probs.shape[1]), len(contexts)),
+        "prob": probs.ravel(),
+    }).write_csv(path)
+    add_policy(con, name, path)
+
+
+def insert_events(con, frame: pl.DataFrame) -> None:
+    con.register("staged_events", frame)
+    columns = ", ".join(c for c in frame.columns)
+    con.execute(f"INSERT INTO events (ingest_id, {columns}) SELECT 1, {columns} FROM staged_events")
+    con.unregister("staged_events")
+
+
+def log_frame(seed: int = 0) -> pl.DataFrame:
+    """A: uniform, B: LOGGER_B (policies in the store); C: only action_probs; D: unknown policy."""
+    rng = np.random.default_rng(seed)
+    logger = np.repeat(list(SIZES), list(SIZES.values()))
+    n = len(logger)
+    ctx = rng.integers(4, size=n)
+    probs = np.where((logger == "B")[:, None], LOGGER_B[ctx], UNIFORM[ctx])
+    probs[logger == "C"] = [0.2, 0.3, 0.5]
+    action = (rng.random(n)[:, None] > probs.cumsum(axis=1)).sum(axis=1).clip(max=K - 1)
+    reward = (rng.random(n) < 0.2 + 0.2 * action + 0.05 * ctx).astype(float)
+    return pl.DataFrame({
+        "event_id": np.arange(n),
+        "logger": logger,
+        "context_id": np.array(CONTEXTS)[ctx],
+        "action": action.astype(np.int32),
+        "propensity": probs[np.arange(n), action],
+        "reward": reward,
+        "action_probs": [p.tolist() if g == "C" else None for p, g in zip(probs, logger)],
+        "position": [None if g == "D" else int(v) for g, v in zip(logger, rng.integers(2, size=n))],
+    }, schema_overrides={"action_probs": pl.List(pl.Float64), "position": pl.Int32})
+
+
+@pytest.fixture
+def logs(tmp_path):
+    path = init_store(tmp_path / "logs.duckdb")
+    frame = log_frame()
+    with open_store(path) as con:
+        insert_events(con, frame)
+        write_policy(con, tmp_path, "A", UNIFORM[:1], contexts=[""])  # context-free: empty context_id
+        write_policy(con, tmp_path, "B", LOGGER_B)
+        write_policy(con, tmp_path, "T", TARGET)
+        write_policy(con, tmp_path, "T-safe", TARGET_SAFE)
+        write_policy(con, tmp_path, "T-4", np.full((4, 4), 0.25))
+        write_policy(con, tmp_path, "T-pos", np.tile(TARGET_SAFE, (2, 1)),
+                     contexts=[f"{c}|{p}" for p in (0, 1) for c in CONTEXTS])
+    return path, frame
+
+
+def arrays(frame: pl.DataFrame, loggers):
+    sel = frame.filter(pl.col("logger").is_in(loggers))
+    ctx = np.array([CONTEXTS.index(c) for c in sel["context_id"]])
+    k = np.array([loggers.index(g) for g in sel["logger"]])
+    return sel, ctx, sel["action"].to_numpy(), sel["propensity"].to_numpy(), sel["reward"].to_numpy(), k
+
+
+def stratified_se(terms, k):
+    n_k = np.bincount(k)
+    return np.sqrt(sum(n * terms[k == j].var(ddof=1) for j, n in enumerate(n_k)) / len(terms) ** 2)
+
+
+def by_name(result):
+    return {e.estimator: e for _, e in result.estimates}
+
+
+def test_importance_sampling_matches_numpy(logs):
+    path, frame = logs
+    with open_store(path, read_only=True) as con:
+        result = by_name(evaluate_policy(con, "T-safe", ["A", "B"], ["ips", "snips", "balanced-ips", "weighted-ips"]))
+    _, ctx, a, p, r, k = arrays(frame, ["A", "B"])
+    w = TARGET_SAFE[ctx, a] / p
+    assert result["ips"].estimate == pytest.approx(np.mean(w * r))
+    assert result["ips"].std_error == pytest.approx(stratified_se(w * r, k))
+    assert result["ips"].n == 1000
+    assert result["ips"].ess == pytest.approx(w.sum() ** 2 / (w**2).sum())
+    assert result["snips"].estimate == pytest.approx((w * r).sum() / w.sum())
+    pibar = 0.6 * UNIFORM + 0.4 * LOGGER_B
+    wb = TARGET_SAFE[ctx, a] / pibar[ctx, a]
+    assert result["balanced-ips"].estimate == pytest.approx(np.mean(wb * r))
+    assert result["balanced-ips"].std_error == pytest.approx(stratified_se(wb * r, k))
+    means = np.array([np.mean((w * r)[k == j]) for j in (0, 1)])
+    prec = np.array([1 / ((w * r)[k == j].var(ddof=1) / (k == j).sum()) for j in (0, 1)])
+    assert result["weighted-ips"].estimate == pytest.approx(prec @ means / prec.sum())
+
+
+def test_model_estimators_use_out_of_fold_context_means(logs):
+    path, frame = logs
+    with open_store(path, read_only=True) as con:
+        result = by_name(evaluate_policy(con, "T-safe", ["A", "B"], ["dm", "dr", "balanced-dr"], seed=3))
+        fold = con.execute("SELECT hash(event_id + 3) % 5 FROM events WHERE logger IN ('A', 'B') ORDER BY event_id")
+        fold = np.array(fold.fetchall())[:, 0].astype(int)
+    _, ctx, a, p, r, k = arrays(frame, ["A", "B"])
+    table = cross_fit_means(ctx, a, r, fold, 4, K, 5)  # the documented default model, by hand
+    q = table[fold, ctx]
+    pibar = (0.6 * UNIFORM + 0.4 * LOGGER_B)[ctx, a]
+    data = LoggedData.from_full(r, a, TARGET_SAFE[ctx], p, logger=k, pibar=pibar, q=q)
+    for name in ("dm", "dr", "balanced-dr"):
+        expected = make_estimator(name).estimate(data)
+        assert result[name].estimate == pytest.approx(expected.estimate), name
+        assert result[name].std_error == pytest.approx(expected.std_error), name
+
+
+def test_logger_known_from_action_probs(logs):
+    path, frame = logs
+    with open_store(path, read_only=True) as con:
+        result = by_name(evaluate_policy(con, "T", ["A", "C"], ["balanced-ips"]))
+    _, ctx, a, p, r, k = arrays(frame, ["A", "C"])
+    pibar = (600 * UNIFORM + 300 * np.array([0.2, 0.3, 0.5])) / 900
+    assert result["balanced-ips"].estimate == pytest.approx(np.mean(TARGET[ctx, a] / pibar[ctx, a] * r))
+
+
+def test_per_position_and_position_as_context(logs):
+    path, frame = logs
+    with open_store(path, read_only=True) as con:
+        per = evaluate_policy(con, "T-safe", ["A", "B"], ["ips"], positions="per-position")
+        ctx_mode = evaluate_policy(con, "T-pos", ["A", "B"], ["ips"], positions="context")
+        pooled = evaluate_policy(con, "T-safe", ["A", "B"], ["ips"])
+    sel, ctx, a, p, r, _ = arrays(frame, ["A", "B"])
+    pos = sel["position"].to_numpy()
+    assert [position for position, _ in per.estimates] == [0, 1]
+    for position, est in per.estimates:
+        rows = pos == position
+        assert est.estimate == pytest.approx(np.mean(TARGET_SAFE[ctx, a][rows] / p[rows] * r[rows]))
+        assert est.n == rows.sum()
+    assert {r["positions"] for r in per.records()} == {"per-position"}
+    # T-pos is T-safe at every (context, position): the same number as pooled
+    assert by_name(ctx_mode)["ips"].estimate == pytest.approx(by_name(pooled)["ips"].estimate)
+    assert ctx_mode.records()[0]["positions"] == "context"
+
+
+def test_rows_without_context_and_a_context_free_target(tmp_path):
+    path = init_store(tmp_path / "s.duckdb")
+    frame = log_frame().filter(pl.col("logger") == "A").with_columns(pl.lit(None, pl.String).alias("context_id"))
+    with open_store(path) as con:
+        insert_events(con, frame)
+        write_policy(con, tmp_path, "A", UNIFORM[:1], contexts=[""])
+        write_policy(con, tmp_path, "flat", np.array([[0.2, 0.3, 0.5]]), contexts=[""])
+        write_policy(con, tmp_path, "T", TARGET)
+    with open_store(path, read_only=True) as con:
+        result = by_name(evaluate_policy(con, "flat", None, ["ips", "dr", "balanced-ips"]))
+        with pytest.raises(MvalError, match="policy 'T' gives no probabilities for rows with no context_id"):
+            evaluate_policy(con, "T", None, ["ips"])
+    a, r = frame["action"].to_numpy(), frame["reward"].to_numpy()
+    assert result["ips"].estimate == pytest.approx(np.mean(np.array([0.2, 0.3, 0.5])[a] * 3 * r))
+    assert result["balanced-ips"].estimate == pytest.approx(result["ips"].estimate)
+
+
+def test_features_use_a_cross_fitted_linear_model(tmp_path):
+    path = init_store(tmp_path / "s.duckdb")
+    rng = np.random.default_rng(0)
+    frame = log_frame().filter(pl.col("logger") == "A")
+    frame = frame.with_columns(pl.Series("features", rng.normal(size=(frame.height, 2)).tolist()))
+    with open_store(path) as con:
+        insert_events(con, frame)
+        write_policy(con, tmp_path, "T", TARGET)
+    with open_store(path, read_only=True) as con:
+        result = evaluate_policy(con, "T", None, ["dm", "dr"])
+    assert result.reward_model == "cross-fitted linear/logistic on features"
+    truth = float((TARGET * (0.2 + 0.2 * np.arange(K) + 0.05 * np.arange(4)[:, None])).sum(axis=1).mean())
+    dr = by_name(result)["dr"]
+    assert abs(dr.estimate - truth) < 4 * dr.std_error
+
+
+def test_all_skips_what_cannot_run_and_says_why(logs):
+    path, _ = logs
+    runner = CliRunner()
+    out = runner.invoke(evaluate, [str(path), "--policy", "T", "--loggers", "A,B", "--format", "json"])
+    assert out.exit_code == 0, out.output
+    records = json.loads(out.stdout)
+    names = [r["estimator"] for r in records]
+    assert names == ["dm", "balanced-ips", "balanced-dr"]  # B never plays action 2 at c0, which T does
+    assert "skipped ips: no overlap: policy 'T' gives probability 0.5 to action 2 at context 'c0'" in out.stderr
+
+
+def test_cli_json_csv_table(logs):
+    path, _ = logs
+    runner = CliRunner()
+    args = [str(path), "--policy", "T-safe", "--loggers", "A,B", "--estimator", "ips,snips", "--estimator", "dr"]
+    out = runner.invoke(evaluate, [*args, "--format", "json", "--bootstrap", "50", "--seed", "1"])
+    assert out.exit_code == 0, out.output
+    records = json.loads(out.stdout)
+    assert [r["estimator"] for r in records] == ["ips", "snips", "dr"]
+    for key in ("estimator", "estimate", "std_error", "ci_low", "ci_high", "ess", "n", "boot_low", "boot_high"):
+        assert all(r[key] is not None for r in records), key
+    with open_store(path, read_only=True) as con:
+        direct = by_name(evaluate_policy(con, "T-safe", ["A", "B"], ["ips"], n_boot=50, seed=1))
+    assert records[0]["estimate"] == pytest.approx(direct["ips"].estimate)
+    assert records[0]["boot_low"] == pytest.approx(direct["ips"].boot_low)
+    csv = runner.invoke(evaluate, [*args, "--format", "csv"])
+    assert csv.stdout.splitlines()[0].startswith("estimator,estimate,std_error,ci_low,ci_high,ess,n")
+    assert len(csv.stdout.splitlines()) == 4
+    table = runner.invoke(evaluate, args)
+    assert "positions pooled" in table.stdout and "snips" in table.stdout
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--policy", "T-safe", "--estimator", "ipw"], "--estimator ipw: unknown estimator"),
+        (["--policy", "T", "--loggers", "A,B", "--estimator", "ips"],
+         "--estimator ips: no overlap: policy 'T' gives probability 0.5 to action 2 at context 'c0' but logger 'B'"),
+        (["--policy", "T-safe", "--loggers", "A,D", "--estimator", "balanced-ips"],
+         "--estimator balanced-ips: logger 'D' has no known policy"),
+        (["--policy", "T-4"], "policy 'T-4' has 4 actions .* but the log has 3"),
+        (["--policy", "nope"], "no policy named 'nope'"),
+        (["--policy", "T-safe", "--loggers", "A,Z"], "--loggers: no rows from logger 'Z'"),
+        (["--policy", "T-safe", "--loggers", "D", "--positions", "per-position"], "the chosen rows have no position"),
+        (["--policy", "T-safe", "--estimator", "clipped-ips", "--clip", "0"], "--clip .* must be > 0"),
+    ],
+)
+def test_cli_refusals(logs, args, match):
+    path, _ = logs
+    out = CliRunner().invoke(main, ["evaluate", str(path), *args])
+    assert out.exit_code == 2
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert re.search(match, out.stderr), out.stderr
+
+
+def test_empty_store_is_refused(tmp_path):
+    path = init_store(tmp_path / "empty.duckdb")
+    out = CliRunner().invoke(main, ["evaluate", str(path), "--policy", "T"])
+    assert out.exit_code == 2
+    assert "the store has no events" in out.stderr
+
+
+def test_evaluate_opens_the_store_read_only(logs):
+    path, _ = logs
+    before = path.stat().st_mtime_ns
+    out = CliRunner().invoke(evaluate, [str(path), "--policy", "T-safe", "--estimator", "ips"])
+    assert out.exit_code == 0
+    assert path.stat().st_mtime_ns == before
