@@ -74,11 +74,24 @@ def _query_cells(
     con: duckdb.DuckDBPyConnection, loggers: Sequence[str] | None, positions: str, with_features: bool,
     folds: int, seed: int,
 ) -> pl.DataFrame:
-    return con.sql(load_sql("evaluate_rows"), params={
+    cells = con.sql(load_sql("evaluate_rows"), params={
         "all_loggers": loggers is None, "loggers": list(loggers or []),
         "position_in_context": positions == "context", "by_position": positions != "pooled",
-        "with_features": with_features, "folds": folds, "seed": seed,
+        "with_features": with_features,
     }).pl()
+    return _deal_folds(cells, folds, seed)
+
+
+def _deal_folds(cells: pl.DataFrame, folds: int, seed: int) -> pl.DataFrame:
+    """Cross-fitting folds for rows stored once with a count: identical rows are exchangeable, so each
+    group's count is split over the folds by a seeded multinomial draw (one output row per non-empty fold)."""
+    counts = np.random.default_rng(seed).multinomial(
+        cells["count"].to_numpy().astype(np.int64), np.full(folds, 1.0 / folds)
+    )
+    group, fold = np.nonzero(counts)
+    return cells[group].with_columns(
+        fold=pl.Series(fold, dtype=pl.Int64), count=pl.Series(counts[group, fold], dtype=pl.Float64)
+    )
 
 
 def _check_selection(

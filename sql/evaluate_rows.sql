@@ -1,7 +1,7 @@
 -- `mval evaluate`: the chosen loggers' rows in one scan, identical rows stored once with their multiplicity.
 -- $all_loggers or the names in $loggers; $position_in_context: the context key is context_id|position;
--- $by_position: keep the position; $with_features: keep the features; $folds, $seed: cross-fitting
--- fold of each row (typed casts: untyped parameters would make this DECIMAL arithmetic, 5x slower).
+-- $by_position: keep the position; $with_features: keep the features. Sorted, so that the folds
+-- that `mval.evaluate` deals out over each group's rows (seeded) do not depend on scan order.
 -- action_probs_len / features_len say what the rows carry (NULL: absent).
 SELECT
     logger,
@@ -11,11 +11,11 @@ SELECT
     action,
     propensity,
     reward,
-    CAST(hash(event_id + CAST($seed AS BIGINT)) % CAST($folds AS UBIGINT) AS INTEGER) AS fold,
     len(action_probs) AS action_probs_len,
     len(features) AS features_len,
     CASE WHEN $with_features THEN features END AS features,
     CAST(count(*) AS DOUBLE) AS count
 FROM events
 WHERE $all_loggers OR list_contains(CAST($loggers AS VARCHAR[]), logger)
-GROUP BY ALL;
+GROUP BY ALL
+ORDER BY ALL;

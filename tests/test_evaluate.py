@@ -16,7 +16,7 @@ from mval.estimators import LoggedData, make_estimator
 from mval.evaluate import evaluate_policy
 from mval.policies import add_policy
 from mval.reward_model import cross_fit_means
-from mval.store import init_store, open_store
+from mval.store import init_store, load_sql, open_store
 
 K, CONTEXTS = 3, [f"c{i}" for i in range(4)]
 UNIFORM = np.full((4, K), 1 / K)
@@ -121,13 +121,20 @@ def test_model_estimators_use_out_of_fold_context_means(logs):
     path, frame = logs
     with open_store(path, read_only=True) as con:
         result = by_name(evaluate_policy(con, "T-safe", ["A", "B"], ["dm", "dr", "balanced-dr"], seed=3))
-        fold = con.execute("SELECT hash(event_id + 3) % 5 FROM events WHERE logger IN ('A', 'B') ORDER BY event_id")
-        fold = np.array(fold.fetchall())[:, 0].astype(int)
-    _, ctx, a, p, r, k = arrays(frame, ["A", "B"])
-    table = cross_fit_means(ctx, a, r, fold, 4, K, 5)  # the documented default model, by hand
+        cells = con.sql(load_sql("evaluate_rows"), params={
+            "all_loggers": False, "loggers": ["A", "B"], "position_in_context": False, "by_position": False,
+            "with_features": False}).pl()
+    # the documented fold rule: each group of identical rows is dealt over 5 folds, Multinomial(count, 1/5)
+    dealt = np.random.default_rng(3).multinomial(cells["count"].to_numpy().astype(int), np.full(5, 0.2))
+    assert (dealt.sum(axis=1) == cells["count"].to_numpy()).all() and (dealt.sum(axis=0) > 0).all()
+    group, fold = np.nonzero(dealt)
+    ctx = np.array([CONTEXTS.index(c) for c in cells["context_key"]])[group]
+    a, r, p = (cells[c].to_numpy()[group] for c in ("action", "reward", "propensity"))
+    k = (cells["logger"].to_numpy()[group] == "B").astype(int)
+    table = cross_fit_means(ctx, a, r, fold, 4, K, 5, dealt[group, fold])  # the documented default model, by hand
     q = table[fold, ctx]
     pibar = (0.6 * UNIFORM + 0.4 * LOGGER_B)[ctx, a]
-    data = LoggedData.from_full(r, a, TARGET_SAFE[ctx], p, logger=k, pibar=pibar, q=q)
+    data = LoggedData.from_full(r, a, TARGET_SAFE[ctx], p, logger=k, pibar=pibar, q=q, count=dealt[group, fold])
     for name in ("dm", "dr", "balanced-dr"):
         expected = make_estimator(name).estimate(data)
         assert result[name].estimate == pytest.approx(expected.estimate), name
