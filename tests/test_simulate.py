@@ -11,6 +11,16 @@ from mval.simulate import DESIGNS, run_experiment, summarise, true_variance
 REPS = 80
 
 
+def assert_actions_follow(policy: np.ndarray, ctx: np.ndarray, action: np.ndarray) -> np.ndarray:
+    """Per context, the drawn action frequencies equal `policy` within 4 standard errors; returns counts."""
+    counts = np.zeros(policy.shape)
+    np.add.at(counts, (ctx, action), 1)
+    freq = counts / counts.sum(axis=1, keepdims=True)
+    se = np.sqrt(policy * (1 - policy) / counts.sum(axis=1, keepdims=True))
+    assert (np.abs(freq - policy) < 4 * se + 1e-12).all()
+    return counts
+
+
 @pytest.fixture(scope="module")
 def tiny():
     env = synthetic_env(contexts=20, actions=3, dim=2, overlap=0.5, seed=3)
@@ -28,11 +38,7 @@ def test_true_value_matches_monte_carlo():
 def test_draw_follows_the_policy():
     env = synthetic_env(contexts=5, actions=4, seed=0)
     ctx, action, _ = env.draw(env.logger, 200_000, np.random.default_rng(1))
-    counts = np.zeros((5, 4))
-    np.add.at(counts, (ctx, action), 1)
-    freq = counts / counts.sum(axis=1, keepdims=True)
-    se = np.sqrt(env.logger * (1 - env.logger) / counts.sum(axis=1, keepdims=True))
-    assert (np.abs(freq - env.logger) < 4 * se + 1e-12).all()
+    assert_actions_follow(env.logger, ctx, action)
 
 
 def test_every_design_budget_and_estimator_is_recorded(tiny):
@@ -150,11 +156,7 @@ def test_replay_draws_follow_the_policy_and_truth_is_the_empirical_world(store, 
     np.testing.assert_allclose(env.mean_reward.ravel(), cells["reward"].to_numpy())
     np.testing.assert_allclose(env.weights, frame["context_id"].value_counts().sort("context_id")["count"] / 6000)
     ctx, action, reward = env.draw(env.target, 100_000, np.random.default_rng(2))
-    counts = np.zeros((3, 4))
-    np.add.at(counts, (ctx, action), 1)
-    freq = counts / counts.sum(axis=1, keepdims=True)
-    se = np.sqrt(env.target * (1 - env.target) / counts.sum(axis=1, keepdims=True))
-    assert (np.abs(freq - env.target) < 4 * se + 1e-12).all()
+    counts = assert_actions_follow(env.target, ctx, action)
     np.testing.assert_allclose(counts.sum(axis=1) / 100_000, env.weights, atol=0.01)
     assert abs(reward.mean() - env.true_value) < 3 * reward.std() / np.sqrt(len(reward))
 
