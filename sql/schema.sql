@@ -64,3 +64,15 @@ CREATE TABLE scores (
     scored_at  TIMESTAMP NOT NULL DEFAULT current_localtimestamp(),
     PRIMARY KEY (dataset, example_id, method, concept)
 );
+
+-- What produced the scores of one (dataset, method, concept): a rerun with another model, concept
+-- file, query set or settings is refused instead of silently mixing scores.
+CREATE TABLE score_runs (
+    dataset     TEXT NOT NULL,
+    method      TEXT NOT NULL,
+    concept     TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    settings    TEXT NOT NULL,
+    started_at  TIMESTAMP NOT NULL DEFAULT current_localtimestamp(),
+    PRIMARY KEY (dataset, method, concept)
+);

@@ -1,0 +1,82 @@
+"""A dataset minus its flagged examples: the top K by score, or those scoring above S.
+
+The kept examples are written as JSON lines in the input format (`id` + `prompt`/`response`, or
+`id` + `text`), in their original order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import duckdb
+
+from attribution.examples import Example, load_examples
+from mval.errors import MvalError
+
+
+@dataclass(frozen=True)
+class CurateResult:
+    dataset: str
+    method: str
+    concept: str
+    kept: int
+    dropped: int
+    path: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_concept(con: duckdb.DuckDBPyConnection, dataset: str, method: str, concept: str | None) -> str:
+    """The concept to use: the one given, or the only one scored for (dataset, method)."""
+    known = [r[0] for r in con.execute(
+        "SELECT DISTINCT concept FROM scores WHERE dataset = ? AND method = ? ORDER BY 1", [dataset, method]
+    ).fetchall()]
+    if concept is not None and concept in known:
+        return concept
+    if concept is None and len(known) == 1:
+        return known[0]
+    if not known:
+        raise MvalError(f"dataset {dataset!r} has no {method} scores; run `mval score` with --method {method} first")
+    raise MvalError(f"--concept {concept or '(not given)'}: dataset {dataset!r} has {method} scores for concepts "
+                    f"{', '.join(known)}; name one with --concept")
+
+
+def flagged_ids(con: duckdb.DuckDBPyConnection, dataset: str, method: str, concept: str,
+                drop_top: int | None, drop_above: float | None) -> set[str]:
+    """Ids of the examples to drop (ties at the K-th score are broken by dataset order)."""
+    missing = con.execute(
+        "SELECT count(*) FROM examples e ANTI JOIN scores s ON s.dataset = e.dataset AND s.example_id = e.example_id "
+        "AND s.method = ? AND s.concept = ? WHERE e.dataset = ?", [method, concept, dataset]
+    ).fetchall()[0][0]
+    if missing:
+        raise MvalError(f"dataset {dataset!r}: {missing} examples have no {method} score for concept {concept!r}; "
+                        "rerun `mval score` (it resumes) before curating")
+    order = ("SELECT s.example_id FROM scores s JOIN examples e USING (dataset, example_id) "
+             "WHERE s.dataset = ? AND s.method = ? AND s.concept = ? ")
+    if drop_top is not None:
+        rows = con.execute(order + "ORDER BY s.score DESC, e.position LIMIT ?",
+                           [dataset, method, concept, drop_top]).fetchall()
+    else:
+        rows = con.execute(order + "AND s.score > ?", [dataset, method, concept, drop_above]).fetchall()
+    return {r[0] for r in rows}
+
+
+def curate(con: duckdb.DuckDBPyConnection, dataset: str, method: str, out: str | Path, concept: str | None = None,
+           drop_top: int | None = None, drop_above: float | None = None) -> CurateResult:
+    """Write `dataset` without its flagged examples to `out` (JSON lines)."""
+    if (drop_top is None) == (drop_above is None):
+        raise MvalError("give exactly one of --drop-top K or --drop-above S")
+    if drop_top is not None and drop_top < 0:
+        raise MvalError(f"--drop-top {drop_top}: must be 0 or more")
+    examples = load_examples(con, dataset)
+    concept = resolve_concept(con, dataset, method, concept)
+    drop = flagged_ids(con, dataset, method, concept, drop_top, drop_above)
+    kept: list[Example] = [e for e in examples if e.example_id not in drop]
+    out = Path(out)
+    if not out.parent.exists():
+        raise MvalError(f"-o {out}: folder {out.parent} does not exist; create it first")
+    out.write_text("".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in kept), encoding="utf-8")
+    return CurateResult(dataset, method, concept, len(kept), len(drop), str(out))

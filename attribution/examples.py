@@ -1,0 +1,165 @@
+"""Training examples: JSON lines files (`id` + `prompt`/`response`, or `text`) and the store's `examples` table.
+
+`add_examples` is one transaction: a bad line, a missing field or an id used twice in the file
+leaves the store unchanged. Re-adding an example with the same id and content adds nothing;
+the same id with different content is refused (or `replace=True` replaces the whole dataset).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from mval.errors import MvalError
+from mval.store import transaction
+
+
+@dataclass(frozen=True)
+class Example:
+    """One example: either `text`, or `prompt` and `response` (the loss is on the response)."""
+
+    example_id: str
+    prompt: str | None = None
+    response: str | None = None
+    text: str | None = None
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 of the fields: the key of cached per-example gradients (independent of id and dataset)."""
+        return hashlib.sha256(json.dumps([self.prompt, self.response, self.text]).encode()).hexdigest()
+
+    def to_json(self) -> dict:
+        """The JSON lines record in the input format."""
+        if self.text is not None:
+            return {"id": self.example_id, "text": self.text}
+        return {"id": self.example_id, "prompt": self.prompt, "response": self.response}
+
+
+@dataclass(frozen=True)
+class AddResult:
+    dataset: str
+    added: int
+    unchanged: int  # same id and content already in the store
+    total: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _field(record: dict, key: str, where: str) -> str | None:
+    value = record.get(key)
+    if value is not None and not isinstance(value, str):
+        raise MvalError(f"{where}: field {key!r} must be a string, found {type(value).__name__}")
+    return value
+
+
+def _parse(record: object, where: str, with_id: bool) -> Example:
+    if not isinstance(record, dict):
+        raise MvalError(f"{where}: expected a JSON object, found {type(record).__name__}")
+    example_id = record.get("id")
+    if with_id and (example_id is None or isinstance(example_id, bool) or not isinstance(example_id, str | int)):
+        raise MvalError(f"{where}: missing or non-string field 'id' (found {example_id!r}); give every line a unique id")
+    prompt, response, text = (_field(record, k, where) for k in ("prompt", "response", "text"))
+    if text is not None and (prompt is not None or response is not None):
+        raise MvalError(f"{where}: both 'text' and 'prompt'/'response'; give either text or prompt and response")
+    if text is None and (prompt is None or response is None):
+        missing = [k for k, v in (("prompt", prompt), ("response", response)) if v is None]
+        raise MvalError(f"{where}: missing field {' and '.join(map(repr, missing))}; give 'text' or 'prompt' and 'response'")
+    return Example(str(example_id) if example_id is not None else where, prompt, response, text)
+
+
+def read_jsonl(path: str | Path, with_id: bool = True, label: bool = False) -> tuple[list[Example], list[int]]:
+    """Examples from a JSON lines file, and their 0/1 `label`s when `label` (else an empty list)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MvalError(f"{path}: no such file")
+    examples, labels, seen = [], [], {}
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise MvalError(f"{where}: not valid JSON ({e.msg}); one JSON object per line") from e
+            ex = _parse(record, where, with_id)
+            if with_id and ex.example_id in seen:
+                raise MvalError(f"{where}: id {ex.example_id!r} already used on line {seen[ex.example_id]}; ids must be unique")
+            seen[ex.example_id] = number
+            if label:
+                value = record.get("label")
+                if value not in (0, 1) or isinstance(value, float):
+                    raise MvalError(f"{where}: field 'label' must be 0 or 1 (or true/false), found {value!r}")
+                labels.append(int(value))
+            examples.append(ex)
+    if not examples:
+        raise MvalError(f"{path}: no examples in the file")
+    return examples, labels
+
+
+def _frame(examples: Sequence[Example]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "example_id": [e.example_id for e in examples],
+            "prompt": [e.prompt for e in examples],
+            "response": [e.response for e in examples],
+            "text": [e.text for e in examples],
+        },
+        schema={"example_id": pl.String, "prompt": pl.String, "response": pl.String, "text": pl.String},
+    )
+
+
+def add_examples(con: duckdb.DuckDBPyConnection, dataset: str, path: str | Path, replace: bool = False) -> AddResult:
+    """Add the examples of `path` to `dataset` in one transaction (see the module docstring)."""
+    examples, _ = read_jsonl(path)
+    staged = _frame(examples).with_row_index("offset")
+    con.register("staged_examples", staged)
+    try:
+        with transaction(con):
+            if replace:
+                con.execute("DELETE FROM scores WHERE dataset = ?", [dataset]).fetchall()
+                con.execute("DELETE FROM examples WHERE dataset = ?", [dataset]).fetchall()
+            clash = con.execute(
+                "SELECT s.example_id FROM staged_examples s JOIN examples e ON e.dataset = ? AND e.example_id = s.example_id "
+                "WHERE e.prompt IS DISTINCT FROM s.prompt OR e.response IS DISTINCT FROM s.response "
+                "OR e.text IS DISTINCT FROM s.text ORDER BY s.offset LIMIT 1",
+                [dataset],
+            ).fetchall()
+            if clash:
+                raise MvalError(
+                    f"{path}: id {clash[0][0]!r} is already in dataset {dataset!r} with different content; "
+                    "use new ids, or --replace to replace the whole dataset"
+                )
+            added = con.execute(
+                "INSERT INTO examples (dataset, example_id, prompt, response, text, source, position) "
+                "SELECT ?, s.example_id, s.prompt, s.response, s.text, ?, "
+                "  coalesce((SELECT max(position) + 1 FROM examples WHERE dataset = ?), 0) "
+                "  + row_number() OVER (ORDER BY s.offset) - 1 "
+                "FROM staged_examples s ANTI JOIN examples e ON e.dataset = ? AND e.example_id = s.example_id",
+                [dataset, str(path), dataset, dataset],
+            ).fetchall()[0][0]
+            total = con.execute("SELECT count(*) FROM examples WHERE dataset = ?", [dataset]).fetchall()[0][0]
+    finally:
+        con.unregister("staged_examples")
+    return AddResult(dataset, int(added), len(examples) - int(added), int(total))
+
+
+def load_examples(con: duckdb.DuckDBPyConnection, dataset: str) -> list[Example]:
+    """All examples of `dataset` in insertion order (refuses an unknown dataset)."""
+    rows = con.execute(
+        "SELECT example_id, prompt, response, text FROM examples WHERE dataset = ? ORDER BY position", [dataset]
+    ).fetchall()
+    if not rows:
+        known = [r[0] for r in con.execute("SELECT DISTINCT dataset FROM examples ORDER BY 1").fetchall()]
+        raise MvalError(
+            f"--dataset {dataset}: no such dataset in the store (have: {', '.join(known) or 'none'}); "
+            "add it with `mval examples add`"
+        )
+    return [Example(*r) for r in rows]

@@ -1,0 +1,183 @@
+"""Models that attribution can read: the `ConceptModel` interface, and Hugging Face causal LMs.
+
+Any torch module works if it is wrapped in an object with the `ConceptModel` methods below:
+`encode` turns examples into a `Batch`, `hidden_states` gives the activations at a layer and
+`example_losses` the training loss of each example. Scorers only use these, so the Sokoban agent
+or a custom network plugs in the same way as a language model.
+
+Model files are read weights-only: `*.safetensors`, or a `pytorch_model.bin` that
+`torch.load(..., weights_only=True)` accepts. Anything that would unpickle code is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import torch
+
+from mval.errors import MvalError
+
+if TYPE_CHECKING:
+    from attribution.examples import Example
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Encoded examples: `inputs` for the module, `mask` [B, T] marks real (non-padding) positions."""
+
+    inputs: dict[str, torch.Tensor]
+    mask: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return self.mask.shape[0]
+
+
+@runtime_checkable
+class ConceptModel(Protocol):
+    """What attribution needs from a model.
+
+    - `module`: the torch module whose parameters gradients are taken for.
+    - `n_layers`, `d_model`: valid layers are 0..n_layers (0 = embeddings), activations have d_model dims.
+    - `encode(examples)`: a `Batch`; padding must not change the outputs at real positions.
+    - `hidden_states(batch, layer)`: [B, T, d_model] activations, differentiable in the parameters.
+    - `example_losses(batch)`: [B] training loss of each example (mean token NLL for an LM).
+    """
+
+    module: torch.nn.Module
+    n_layers: int
+    d_model: int
+
+    def encode(self, examples: Sequence[Example]) -> Batch: ...
+
+    def hidden_states(self, batch: Batch, layer: int) -> torch.Tensor: ...
+
+    def example_losses(self, batch: Batch) -> torch.Tensor: ...
+
+
+def check_layer(model: ConceptModel, layer: int) -> int:
+    if not 0 <= layer <= model.n_layers:
+        raise MvalError(f"--layer {layer}: the model has {model.n_layers} layers; use 0..{model.n_layers} (0 = embeddings)")
+    return layer
+
+
+def fingerprint(model: ConceptModel) -> str:
+    """sha256 of the module's parameters and buffers (names, shapes, values): the key of cached gradients."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class HFCausalLM:
+    """A Hugging Face causal LM and its tokenizer as a `ConceptModel`.
+
+    An example is `prompt + response` (loss on the response tokens only) or `text` (loss on all tokens).
+    Sequences are right-padded and run without an attention mask: with causal attention, padding at
+    the end cannot change any real position, and the forward pass stays free of data-dependent
+    branches so `torch.func.vmap` can take per-example gradients.
+    """
+
+    def __init__(self, module: torch.nn.Module, tokenizer, max_length: int | None = None):
+        self.module = module.eval()
+        self.tokenizer = tokenizer
+        config = module.config
+        self.n_layers = int(config.num_hidden_layers)
+        self.d_model = int(config.hidden_size)
+        self.max_length = max_length or int(getattr(config, "max_position_embeddings", 512))
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def _ids(self, text: str, special: bool) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+
+    def encode(self, examples: Sequence[Example]) -> Batch:
+        rows, weights = [], []
+        for ex in examples:
+            if ex.text is not None:
+                ids = self._ids(ex.text, True)
+                w = [0.0] + [1.0] * (len(ids) - 1)
+            else:
+                head, tail = self._ids(ex.prompt, True), self._ids(" " + ex.response, False)
+                ids = head + tail
+                w = [0.0] * len(head) + [1.0] * len(tail)
+            rows.append(ids[: self.max_length])
+            weights.append(w[: self.max_length])
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        loss_w = torch.zeros((len(rows), width))
+        mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, (r, w) in enumerate(zip(rows, weights, strict=True)):
+            ids[i, : len(r)] = torch.tensor(r)
+            loss_w[i, : len(w)] = torch.tensor(w)
+            mask[i, : len(r)] = True
+        return Batch(inputs={"input_ids": ids, "loss_weights": loss_w}, mask=mask)
+
+    def hidden_states(self, batch: Batch, layer: int) -> torch.Tensor:
+        out = self.module(input_ids=batch.inputs["input_ids"], output_hidden_states=True)
+        return out.hidden_states[layer]
+
+    def example_losses(self, batch: Batch) -> torch.Tensor:
+        """Mean next-token NLL over the weighted target positions of each example: [B]."""
+        ids, w = batch.inputs["input_ids"], batch.inputs["loss_weights"]
+        logits = self.module(input_ids=ids).logits[:, :-1]
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        w = w[:, 1:].to(nll.dtype)
+        return (nll * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+
+def _weights_only_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... for unsafe or broken files
+        raise MvalError(
+            f"{path}: not a weights-only file ({type(e).__name__}); it may unpickle code, so it is refused; "
+            "save the model with save_pretrained(safe_serialization=True)"
+        ) from e
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise MvalError(f"{path}: expected a dict of tensors (a state dict); save the model with save_pretrained")
+    return state
+
+
+def load_hf_model(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> HFCausalLM:
+    """A causal LM from a local folder (config.json, tokenizer files, weights), read weights-only."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its bars print even into pipes; ours show on a terminal only
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise MvalError(f"--model {model_dir}: no config.json there; give a folder written by save_pretrained")
+    bins = sorted(model_dir.glob("pytorch_model*.bin"))
+    safetensors = sorted(model_dir.glob("*.safetensors"))
+    states = [_weights_only_state(p) for p in bins]  # checked even when safetensors exist: never leave a trap
+    if not safetensors and not states:
+        raise MvalError(f"--model {model_dir}: no weights (*.safetensors or pytorch_model.bin) in the folder")
+    try:
+        config = AutoConfig.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
+        if safetensors:
+            module = AutoModelForCausalLM.from_pretrained(
+                model_dir, local_files_only=True, trust_remote_code=False, use_safetensors=True, dtype=dtype
+            )
+        else:
+            module = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            state = {k: v for s in states for k, v in s.items()}
+            missing, unexpected = module.load_state_dict(state, strict=False)
+            tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+            if set(missing) - tied or unexpected:
+                raise MvalError(
+                    f"--model {model_dir}: weights do not fit the config (missing {sorted(set(missing) - tied)[:3]}, "
+                    f"unexpected {sorted(unexpected)[:3]}); save model and config together with save_pretrained"
+                )
+            module.tie_weights()
+    except (OSError, ValueError, KeyError) as e:
+        if isinstance(e, MvalError):
+            raise
+        raise MvalError(f"--model {model_dir}: cannot load ({str(e).splitlines()[0]})") from e
+    return HFCausalLM(module, tokenizer)

@@ -1,0 +1,167 @@
+"""Concept directions: a logistic probe on activations at a layer, or a vector brought from a file.
+
+A `ProbeDirection` is saved as safetensors: tensors `direction` [d_model] and `bias` [1], and
+metadata `layer`, `d_model`, `position`, `source`, `held_out_accuracy`. The probe's logit for an
+example is v . pool(h_layer(z)) + b (see `attribution.concept`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+from sklearn.linear_model import LogisticRegression
+
+from attribution.concept import POSITIONS, activations
+from attribution.examples import Example
+from attribution.models import ConceptModel, check_layer
+from mval.errors import MvalError
+
+FORMAT = "mval-probe-1"
+
+
+@dataclass(frozen=True)
+class ProbeDirection:
+    """A direction v in the activations at `layer`, read at `position` ("mean" or "last")."""
+
+    vector: np.ndarray
+    layer: int
+    position: str
+    bias: float = 0.0
+    source: str = "logistic"
+    held_out_accuracy: float | None = None
+
+    @property
+    def d_model(self) -> int:
+        return int(self.vector.shape[0])
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "d_model": self.d_model, "position": self.position, "source": self.source,
+                "held_out_accuracy": self.held_out_accuracy, "norm": float(np.linalg.norm(self.vector))}
+
+    def check_fits(self, model: ConceptModel) -> None:
+        check_layer(model, self.layer)
+        if self.d_model != model.d_model:
+            raise MvalError(f"concept direction has {self.d_model} dims but the model's activations have "
+                            f"{model.d_model}; train or bring a direction for this model")
+
+    def save(self, path: str | Path) -> Path:
+        meta = {"format": FORMAT, **{k: str(v) for k, v in self.to_dict().items() if k != "norm"}}
+        save_file({"direction": self.vector.astype(np.float32), "bias": np.array([self.bias], np.float32)},
+                  str(path), metadata=meta)
+        return Path(path)
+
+
+def load_probe(path: str | Path) -> ProbeDirection:
+    """A `ProbeDirection` saved by `ProbeDirection.save` (safetensors: never unpickles)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MvalError(f"--concept {path}: no such file; make one with `mval probe train`")
+    try:
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise MvalError(f"--concept {path}: not an mval probe file (no format={FORMAT} metadata); "
+                                "make one with `mval probe train` (or --direction FILE to bring a vector)")
+            vector, bias = f.get_tensor("direction"), f.get_tensor("bias")
+    except SafetensorError as e:
+        raise MvalError(f"--concept {path}: not a safetensors file ({e}); make one with `mval probe train`") from e
+    if meta["position"] not in POSITIONS or int(meta["d_model"]) != vector.shape[0]:
+        raise MvalError(f"--concept {path}: inconsistent metadata {meta}; retrain the probe")
+    accuracy = meta.get("held_out_accuracy", "None")
+    return ProbeDirection(vector.astype(np.float32), int(meta["layer"]), meta["position"], float(bias[0]),
+                          meta.get("source", "logistic"), None if accuracy == "None" else float(accuracy))
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    """How well a probe separates the labels: accuracy on its training split and on the held-out split."""
+
+    train_accuracy: float
+    held_out_accuracy: float
+    n_train: int
+    n_held_out: int
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _split(labels: np.ndarray, held_out: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split: a `held_out` share of each class is held out."""
+    rng = np.random.default_rng(seed)
+    test = np.zeros(labels.shape[0], dtype=bool)
+    for cls in (0, 1):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        test[idx[: max(1, round(held_out * idx.size))]] = True
+    return np.flatnonzero(~test), np.flatnonzero(test)
+
+
+def train_probe(model: ConceptModel, examples: Sequence[Example], labels: Sequence[int], layer: int,
+                position: str = "mean", held_out: float = 0.2, seed: int = 0,
+                c: float = 1.0) -> tuple[ProbeDirection, ProbeReport]:
+    """Logistic regression of the label on standardised pool(h_layer(z)); v = w / sd maps back to raw activations."""
+    y = np.asarray(labels)
+    counts = np.bincount(y, minlength=2)
+    if counts.min() < 4:
+        raise MvalError(f"labelled data has {counts[0]} examples of label 0 and {counts[1]} of label 1; "
+                        "give at least 4 of each (more for a reliable held-out accuracy)")
+    x = activations(model, examples, layer, position).double().numpy()
+    train, test = _split(y, held_out, seed)
+    mu, sd = x[train].mean(0), x[train].std(0) + 1e-8
+    fit = LogisticRegression(C=c, max_iter=2000).fit((x[train] - mu) / sd, y[train])
+    w = fit.coef_[0] / sd
+    b = float(fit.intercept_[0] - w @ mu)
+    predict = (x @ w + b > 0).astype(int)
+    report = ProbeReport(float((predict[train] == y[train]).mean()), float((predict[test] == y[test]).mean()),
+                         int(train.size), int(test.size))
+    return ProbeDirection(w.astype(np.float32), layer, position, b, "logistic", report.held_out_accuracy), report
+
+
+def direction_from_file(path: str | Path, model: ConceptModel, layer: int, position: str = "mean",
+                        key: str | None = None, feature: int | None = None) -> ProbeDirection:
+    """A direction from `.npy` or `.safetensors` (e.g. an SAE decoder row): a [d] vector, or row `feature` of [n, d]."""
+    path = Path(path)
+    check_layer(model, layer)
+    if not path.is_file():
+        raise MvalError(f"--direction {path}: no such file")
+    try:
+        if path.suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        elif path.suffix == ".safetensors":
+            with safe_open(str(path), framework="np") as f:
+                names = list(f.keys())
+                name = key or ("direction" if "direction" in names else names[0] if len(names) == 1 else None)
+                if name not in names:
+                    raise MvalError(f"--direction {path}: holds tensors {names}; pick one with --key NAME")
+                array = f.get_tensor(name)
+        else:
+            raise MvalError(f"--direction {path}: unknown file type {path.suffix or '(none)'}; use .npy or .safetensors")
+    except (ValueError, SafetensorError) as e:
+        if isinstance(e, MvalError):
+            raise
+        raise MvalError(f"--direction {path}: cannot read a plain array ({str(e).splitlines()[0]}); "
+                        "save it with numpy.save or safetensors") from e
+    if array.ndim == 2 and feature is not None:
+        if not 0 <= feature < array.shape[0]:
+            raise MvalError(f"--feature {feature}: {path} has {array.shape[0]} rows; use 0..{array.shape[0] - 1}")
+        array = array[feature]
+    array = np.squeeze(np.asarray(array, dtype=np.float32))
+    if array.ndim != 1:
+        raise MvalError(f"--direction {path}: shape {array.shape}; give one vector, or --feature I for a row of a matrix")
+    if not np.isfinite(array).all():
+        raise MvalError(f"--direction {path}: has NaN or infinite values")
+    direction = ProbeDirection(array, layer, position, 0.0, f"file:{path.name}", None)
+    direction.check_fits(model)
+    return direction
+
+
+def probe_logits(model: ConceptModel, direction: ProbeDirection, examples: Sequence[Example]) -> np.ndarray:
+    """v . pool(h_layer(z)) + b for each example (forward passes only)."""
+    direction.check_fits(model)
+    x = activations(model, examples, direction.layer, direction.position)
+    return (x @ torch.as_tensor(direction.vector).to(x.dtype)).numpy() + direction.bias

@@ -1,0 +1,154 @@
+"""Attribution scorers behind one interface, `score(model, examples) -> np.ndarray`, chosen by method name.
+
+Higher scores mean "drives the concept more". Methods:
+- `probe`:     v . pool(h_layer(z))                      (one forward pass per example)
+- `gradient`:  -(S grad f(theta)) . (S grad L(z; theta))  (S: seeded CountSketch to `proj_dim` dims)
+               = the first-order increase of f from one gradient step on z, per unit step; the
+               concept influence -grad f^T (H + lambda I)^-1 grad L(z) with H replaced by the identity.
+- `embedding`: cos(pool_mean(h_layer(z)), mean over queries of pool_mean(h_layer(q)))   (baseline)
+- `random`:    uniform in [0, 1) from a hash of (seed, example content)              (baseline)
+
+A new method registers a factory `ScoreRequest -> Scorer` with `@register("name")`; the CLI and
+the store glue only ever call `make_scorer(name, request).score(model, examples)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from attribution.concept import activations, batches, concept_score
+from attribution.examples import Example
+from attribution.gradients import CountSketch, GradientCache, example_gradients, flat_grad, trainable
+from attribution.models import ConceptModel, fingerprint
+from attribution.probes import ProbeDirection, probe_logits
+from mval.errors import MvalError
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """What a scorer may use besides the model and the examples."""
+
+    concept: ProbeDirection
+    queries: tuple[Example, ...] = ()
+    seed: int = field(default=0, metadata={"help": "seed of the projection and of the random baseline"})
+    batch_size: int = field(default=16, metadata={"help": "examples per forward/backward pass"})
+    proj_dim: int = field(default=4096, metadata={"help": "dimensions of the projected gradients"})
+    cache_dir: Path | None = field(default=None, metadata={"help": "where projected gradients are cached"})
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise MvalError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.proj_dim < 1:
+            raise MvalError(f"--proj-dim {self.proj_dim}: must be at least 1")
+
+
+class Scorer(Protocol):
+    def score(self, model: ConceptModel, examples: Sequence[Example]) -> np.ndarray: ...
+
+
+SCORERS: dict[str, Callable[[ScoreRequest], Scorer]] = {}
+NEEDS_QUERIES: set[str] = set()
+
+
+def register(name: str, needs_queries: bool = False) -> Callable:
+    def add(factory: Callable[[ScoreRequest], Scorer]) -> Callable[[ScoreRequest], Scorer]:
+        SCORERS[name] = factory
+        if needs_queries:
+            NEEDS_QUERIES.add(name)
+        return factory
+
+    return add
+
+
+def make_scorer(method: str, request: ScoreRequest) -> Scorer:
+    if method not in SCORERS:
+        raise MvalError(f"--method {method}: unknown; use one of {', '.join(sorted(SCORERS))}")
+    if method in NEEDS_QUERIES and not request.queries:
+        raise MvalError(f"--method {method} needs a query set: give --queries Q.jsonl (prompts showing the behaviour)")
+    return SCORERS[method](request)
+
+
+@register("probe")
+@dataclass
+class ProbeScorer:
+    request: ScoreRequest
+
+    def score(self, model: ConceptModel, examples: Sequence[Example]) -> np.ndarray:
+        return probe_logits(model, self.request.concept, examples) - self.request.concept.bias
+
+
+@register("random")
+@dataclass
+class RandomScorer:
+    request: ScoreRequest
+
+    def score(self, model: ConceptModel, examples: Sequence[Example]) -> np.ndarray:
+        seed = str(self.request.seed).encode()
+        return np.array([int.from_bytes(hashlib.sha256(seed + e.content_hash.encode()).digest()[:8]) / 2.0**64
+                         for e in examples])
+
+
+@register("embedding", needs_queries=True)
+@dataclass
+class EmbeddingScorer:
+    request: ScoreRequest
+    _centroid: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def score(self, model: ConceptModel, examples: Sequence[Example]) -> np.ndarray:
+        layer = self.request.concept.layer
+        key = fingerprint(model)
+        if key not in self._centroid:
+            self._centroid[key] = activations(model, self.request.queries, layer, "mean").mean(0)
+        x = activations(model, examples, layer, "mean", self.request.batch_size)
+        return torch.nn.functional.cosine_similarity(x, self._centroid[key][None], dim=1).numpy()
+
+
+@register("gradient", needs_queries=True)
+@dataclass
+class GradientScorer:
+    request: ScoreRequest
+    _concept_grad: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def sketch(self, model: ConceptModel) -> CountSketch:
+        n_params = sum(p.numel() for p in trainable(model).values())
+        return CountSketch(n_params, self.request.proj_dim, self.request.seed)
+
+    def concept_gradient(self, model: ConceptModel) -> torch.Tensor:
+        """S grad f(theta), once per model."""
+        key = fingerprint(model)
+        if key not in self._concept_grad:
+            model.module.zero_grad(set_to_none=True)
+            concept_score(model, self.request.concept, self.request.queries, self.request.batch_size, backward=True)
+            self._concept_grad[key] = self.sketch(model)(flat_grad(model))
+            model.module.zero_grad(set_to_none=True)
+        return self._concept_grad[key]
+
+    def projected_gradients(self, model: ConceptModel, examples: Sequence[Example]) -> np.ndarray:
+        """S grad L(z) for each example: [N, proj_dim], from the cache where possible."""
+        sketch = self.sketch(model)
+        hashes = [e.content_hash for e in examples]
+        cache = None
+        found: dict[str, np.ndarray] = {}
+        if self.request.cache_dir is not None:
+            key = f"{fingerprint(model)[:20]}-k{self.request.proj_dim}-s{self.request.seed}"
+            cache = GradientCache(self.request.cache_dir, key)
+            found = cache.get(hashes)
+        missing = [e for e in examples if e.content_hash not in found]
+        for chunk in batches(missing, self.request.batch_size):
+            g = sketch(example_gradients(model, model.encode(chunk))).detach().numpy()
+            found.update({e.content_hash: row for e, row in zip(chunk, g, strict=True)})
+            if cache is not None:
+                cache.put([e.content_hash for e in chunk], g)
+        return np.stack([found[h] for h in hashes])
+
+    def score(self, model: ConceptModel, examples: Sequence[Example]) -> np.ndarray:
+        gf = self.concept_gradient(model)
+        g = torch.as_tensor(self.projected_gradients(model, examples)).to(gf.dtype)
+        return -(g @ gf).numpy()

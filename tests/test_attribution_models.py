@@ -1,0 +1,78 @@
+"""Loading models weights-only, and the LM's encoding and loss against hand computations."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from attribution.examples import Example
+from attribution.models import ConceptModel, fingerprint, load_hf_model
+from attribution.testbed import tiny_model
+from mval.errors import MvalError
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_model(tmp_path_factory.mktemp("m") / "tiny", d_model=16, n_layers=2, seed=0)
+
+
+def test_load_round_trip_is_exact_and_fits_the_interface(model_dir):
+    a, b = load_hf_model(model_dir), load_hf_model(model_dir)
+    assert isinstance(a, ConceptModel)
+    assert (a.n_layers, a.d_model) == (2, 16)
+    assert fingerprint(a) == fingerprint(b)
+
+
+def test_weights_only_bin_loads_like_safetensors(model_dir, tmp_path):
+    reference = load_hf_model(model_dir)
+    folder = tmp_path / "bin"
+    shutil.copytree(model_dir, folder)
+    (folder / "model.safetensors").unlink()
+    torch.save(reference.module.state_dict(), folder / "pytorch_model.bin")
+    assert fingerprint(load_hf_model(folder)) == fingerprint(reference)
+
+
+class Payload:
+    """Any pickled object that is not plain tensors: weights_only loading must refuse it."""
+
+
+@pytest.mark.parametrize(("make", "match"), [
+    (lambda d: torch.save({"w": Payload()}, d / "pytorch_model.bin"), r"pytorch_model.bin: not a weights-only file"),
+    (lambda d: torch.save([torch.zeros(2)], d / "pytorch_model.bin"), r"expected a dict of tensors"),
+    (lambda d: (d / "model.safetensors").unlink(), r"no weights"),
+    (lambda d: (d / "config.json").unlink(), r"no config.json"),
+])
+def test_unsafe_or_incomplete_folders_are_refused(model_dir, tmp_path, make, match):
+    folder = tmp_path / "bad"
+    shutil.copytree(model_dir, folder)
+    make(folder)
+    with pytest.raises(MvalError, match=match):
+        load_hf_model(folder)
+
+
+def test_pickled_bin_is_refused_even_next_to_safetensors(model_dir, tmp_path):
+    folder = tmp_path / "both"
+    shutil.copytree(model_dir, folder)
+    torch.save({"w": Payload()}, folder / "pytorch_model.bin")
+    with pytest.raises(MvalError, match="not a weights-only file"):
+        load_hf_model(folder)
+
+
+def test_loss_is_mean_response_nll_and_padding_changes_nothing(model_dir):
+    model = load_hf_model(model_dir)
+    short = Example("s", "question : what color is the cat ?", "answer : the cat is red .")
+    long = Example("l", text="the dog lives in the forest . the cat is big and red .")
+    batch = model.encode([short, long])
+    losses = model.example_losses(batch)
+    ids = model.tokenizer(short.prompt + " " + short.response)["input_ids"]
+    n_prompt = len(model.tokenizer(short.prompt)["input_ids"])
+    logits = model.module(input_ids=torch.tensor([ids])).logits[0]
+    nll = torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(ids[1:]), reduction="none")
+    assert torch.allclose(losses[0], nll[n_prompt - 1:].mean(), atol=1e-6)
+    alone = model.example_losses(model.encode([short]))
+    assert torch.allclose(losses[0], alone[0], atol=1e-6)  # right padding does not touch real positions
+    assert batch.mask.sum(1).tolist() == [len(ids), len(long.text.split())]
+    assert json.loads((model_dir / "config.json").read_text())["model_type"] == "llama"
