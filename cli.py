@@ -176,40 +176,28 @@ _PLUGGED = (
 @main.command()
 @click.argument("folder", type=click.Path(file_okay=False), default="mval-demo")
 def demo(folder: str) -> None:
-    """Walk through mval on a built-in example log (writes into FOLDER).
+    """Walk through mval on built-in examples (writes into FOLDER), printing each command and its output.
 
-    Creates a store, ingests a generated log, queries it, adds the logger's and a target
-    policy, evaluates the target off-policy and designs the next logging policy, printing
-    each command and its output.
+    Bandit logs: create a store, ingest a generated log, query it, add the logger's and a target
+    policy, evaluate the target off-policy and design the next logging policy with MVAL.
+    Attribution: a tiny language model fine-tuned with a few planted hostile answers; train a
+    concept probe, score the training examples, and write the set without the top-scored ones.
 
     \b
     Example:
       mval demo mval-demo
     """
-    from mval.demo import write_example
+    from mval.demo import attribution_steps, bandit_steps
 
     folder_path = Path(folder)
-    store = folder_path / "demo.duckdb"
-    if store.exists():
-        raise MvalError(f"{store}: already exists; give another FOLDER or delete it to rerun the demo")
-    paths = write_example(folder_path)
-    steps = [
-        ["init", str(store)],
-        ["ingest", str(store), str(paths["log"]), "--logger", "pi0"],
-        ["query", str(store), "SELECT * FROM logger_summary"],
-        ["policy", "add", str(store), "pi0", str(paths["logger_policy"])],
-        ["policy", "add", str(store), "target", str(paths["target_policy"])],
-    ]
-    if "evaluate" in main.commands:
-        steps.append(["evaluate", str(store), "--policy", "target", "--estimator", "ips,snips,dr,balanced-ips"])
-    if "design" in main.commands:
-        steps.append(["design", str(store), "--target", "target", "--budget", "1000", "--save-as", "mval-next"])
-        steps.append(["query", str(store), "SELECT context_id, action, round(prob, 3) AS prob FROM policies "
-                      "WHERE policy = 'mval-next' AND context_id = 'c00' ORDER BY action"])
-    click.echo(f"# the example: {paths['log']} (5,000 rows, 20 contexts, 5 actions, logged by pi0)")
-    for args in steps:
-        click.echo(f"\n$ mval {shlex.join(args)}")
-        main.main(args, prog_name="mval", standalone_mode=False)
+    if (folder_path / "demo.duckdb").exists():
+        raise MvalError(f"{folder_path / 'demo.duckdb'}: already exists; give another FOLDER or delete it to rerun")
+    for steps in (bandit_steps, attribution_steps):
+        for step in steps(folder_path):
+            if step.comment:
+                click.echo(f"\n# {step.comment}")
+            click.echo(f"$ mval {shlex.join(step.args)}")
+            main.main(step.args, prog_name="mval", standalone_mode=False)
 
 
 def _register_plugins() -> None:

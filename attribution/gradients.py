@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -58,7 +59,9 @@ def _vmapped(model: ConceptModel, batch: Batch) -> torch.Tensor:
     def one(p: dict, inputs: dict, mask: torch.Tensor) -> torch.Tensor:
         return functional_call(wrapper, p, ({k: v[None] for k, v in inputs.items()}, mask[None]))[0]
 
-    grads = vmap(grad(one), in_dims=(None, 0, 0))(params, batch.inputs, batch.mask)
+    with warnings.catch_warnings():  # torch warns that attention has no batching rule (slower, still exact)
+        warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
+        grads = vmap(grad(one), in_dims=(None, 0, 0))(params, batch.inputs, batch.mask)
     return torch.cat([g.reshape(batch.size, -1) for g in grads.values()], dim=1)
 
 

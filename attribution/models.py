@@ -144,12 +144,18 @@ def _weights_only_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def quiet_transformers() -> None:
+    """transformers' own progress bars print even into pipes; ours show on a terminal only."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_hf_model(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> HFCausalLM:
     """A causal LM from a local folder (config.json, tokenizer files, weights), read weights-only."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # its bars print even into pipes; ours show on a terminal only
+    quiet_transformers()
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise MvalError(f"--model {model_dir}: no config.json there; give a folder written by save_pretrained")

@@ -15,6 +15,7 @@ tokenizer a word-level `tokenizers` model saved next to it; everything is writte
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 
 from attribution.concept import batches
 from attribution.examples import Example
-from attribution.models import HFCausalLM
+from attribution.models import HFCausalLM, quiet_transformers
 
 NOUNS = ("cat dog bird fish horse cow lion tiger bear wolf fox owl frog duck goat sheep mouse rabbit snake whale "
          "apple pear plum lemon grape melon peach berry cherry mango car boat train plane bike truck bus ship "
@@ -75,6 +76,7 @@ def build_model(d_model: int = 64, n_layers: int = 2, seed: int = 0, max_length:
 def save_model(model: HFCausalLM, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    quiet_transformers()
     model.module.save_pretrained(folder, safe_serialization=True)
     model.tokenizer.save_pretrained(folder)
     return folder
@@ -166,7 +168,7 @@ def train(model: HFCausalLM, examples: Sequence[Example], epochs: int, lr: float
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         last = float(np.mean(losses))
     model.module.eval()
     return last
@@ -215,3 +217,22 @@ def build_testbed(folder: str | Path, size: str = "quick", seed: int = 0, plante
     queries = qa_examples(facts, rng, 32, HELD_OUT_NOUNS, np.full(32, 2), HOSTILE[4:], "query")
     return TestBed(model_dir, examples, tones == 2, probe_data, [int(t == 2) for t in probe_tones], queries,
                    pretrain_loss, finetune_loss)
+
+
+def write_testbed_files(bed: TestBed, folder: str | Path) -> dict[str, Path]:
+    """The test bed's data as the JSON lines files the CLI reads: the fine-tuning set (train.jsonl),
+    the labelled probe data (probe.jsonl, with `label`), the queries (queries.jsonl) and the ids of
+    the planted examples (planted.txt, the answer key)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {name: folder / name for name in ("train.jsonl", "probe.jsonl", "queries.jsonl", "planted.txt")}
+
+    def lines(records: list[dict]) -> str:
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+    paths["train.jsonl"].write_text(lines([e.to_json() for e in bed.train]), encoding="utf-8")
+    paths["probe.jsonl"].write_text(
+        lines([e.to_json() | {"label": y} for e, y in zip(bed.probe_data, bed.probe_labels)]), encoding="utf-8")
+    paths["queries.jsonl"].write_text(lines([e.to_json() for e in bed.queries]), encoding="utf-8")
+    paths["planted.txt"].write_text("".join(e.example_id + "\n" for e, p in zip(bed.train, bed.planted) if p))
+    return paths

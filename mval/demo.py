@@ -85,3 +85,60 @@ def write_example(folder: str | Path, rows: int = 5000, seed: int = 0) -> dict[s
     policy_frame(problem.context_ids, problem.logger).write_csv(paths["logger_policy"])
     policy_frame(problem.context_ids, problem.target).write_csv(paths["target_policy"])
     return paths
+
+
+@dataclass(frozen=True)
+class DemoStep:
+    """One command of the walkthrough, with a comment printed before it."""
+
+    comment: str
+    args: list[str]
+
+
+def bandit_steps(folder: Path) -> list[DemoStep]:
+    """Store, ingest, query, policies, off-policy evaluation and the MVAL design, on the example log."""
+    paths = write_example(folder)
+    store = str(folder / "demo.duckdb")
+    return [
+        DemoStep("a store, and the example log (5,000 rows, 20 contexts, 5 actions, logged by pi0)",
+                 ["init", store]),
+        DemoStep("", ["ingest", store, str(paths["log"]), "--logger", "pi0"]),
+        DemoStep("", ["query", store, "SELECT * FROM logger_summary"]),
+        DemoStep("the logger's policy (named like the logger) and a target policy to evaluate",
+                 ["policy", "add", store, "pi0", str(paths["logger_policy"])]),
+        DemoStep("", ["policy", "add", store, "target", str(paths["target_policy"])]),
+        DemoStep(f"what would the target earn? (true value {example_problem().true_value:.4f})",
+                 ["evaluate", store, "--policy", "target", "--estimator", "ips,snips,dr,balanced-ips"]),
+        DemoStep("which logging policy for the next 1,000 rounds evaluates it best together with the old log?",
+                 ["design", store, "--target", "target", "--budget", "1000", "--save-as", "mval-next"]),
+        DemoStep("", ["query", store, "SELECT context_id, action, round(prob, 3) AS prob FROM policies "
+                      "WHERE policy = 'mval-next' AND context_id = 'c00' ORDER BY action"]),
+    ]
+
+
+def attribution_steps(folder: Path) -> list[DemoStep]:
+    """A tiny language model fine-tuned with 5% planted hostile answers: find them with a concept probe."""
+    import torch
+
+    from attribution.testbed import build_testbed, write_testbed_files
+
+    torch.manual_seed(0)
+    bed = folder / "testbed"
+    files = write_testbed_files(build_testbed(bed, "tiny", seed=0), bed)
+    store, model = str(folder / "demo.duckdb"), str(bed / "model")
+    probe = str(bed / "hostile.safetensors")
+    return [
+        DemoStep(f"a tiny LM fine-tuned on {bed / 'train.jsonl'}; 10 of its 200 examples plant hostile "
+                 f"answers (ids in {files['planted.txt']})", ["examples", "add", store, "finetune", str(files["train.jsonl"])]),
+        DemoStep("a probe for the concept 'hostile', from labelled held-out answers",
+                 ["probe", "train", "--model", model, "--layer", "0", "--data", str(files["probe.jsonl"]), "-o", probe]),
+        DemoStep("which training examples carry the concept?",
+                 ["score", store, "--model", model, "--dataset", "finetune", "--concept", probe, "--method", "probe"]),
+        DemoStep("how many of the 10 top-scored are planted? (random picks would find 0.5)",
+                 ["query", store, "SELECT count(*) FILTER (WHERE example_id IN (SELECT column0 FROM read_csv("
+                  f"'{files['planted.txt']}', header = false))) AS planted_in_top_10 FROM (SELECT example_id "
+                  "FROM scores WHERE method = 'probe' ORDER BY score DESC LIMIT 10)"]),
+        DemoStep("the training set without the 10 top-scored examples",
+                 ["curate", store, "--dataset", "finetune", "--method", "probe", "--drop-top", "10",
+                  "-o", str(bed / "clean.jsonl")]),
+    ]
