@@ -21,8 +21,31 @@ from mval.query import run_query
 from mval.store import init_store, open_store
 
 
+# Commands whose modules import torch, cvxpy or transformers: loaded only when they run (or for
+# `mval --help`), so that `mval query` starts in a fraction of a second.
+LAZY_COMMANDS = {
+    "evaluate": "mval.commands.evaluate:evaluate",
+    "design": "mval.commands.design:design",
+    "simulate": "mval.commands.simulate:simulate",
+    "examples": "attribution.commands:examples",
+    "probe": "attribution.commands:probe",
+    "score": "attribution.commands:score",
+    "curate": "attribution.commands:curate",
+    "sokoban": "attribution.sokoban.commands:sokoban",
+}
+
+
 class MvalGroup(click.Group):
-    """A click group that turns MvalError into `Error: ...` and exit code 2."""
+    """A click group that loads heavy commands lazily and turns MvalError into `Error: ...`, exit 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS and name not in self.commands:
+            module_name, attr = LAZY_COMMANDS[name].split(":")
+            self.add_command(getattr(importlib.import_module(module_name), attr), name)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -161,18 +184,6 @@ def policy_list(store: str, fmt: str) -> None:
 
 
 # Commands whose modules may not be present in every checkout stage are registered when importable.
-_PLUGGED = (
-    ("mval.commands.evaluate", "evaluate"),
-    ("mval.commands.design", "design"),
-    ("mval.commands.simulate", "simulate"),
-    ("attribution.commands", "examples"),
-    ("attribution.commands", "probe"),
-    ("attribution.commands", "score"),
-    ("attribution.commands", "curate"),
-    ("attribution.sokoban.commands", "sokoban"),
-)
-
-
 @main.command()
 @click.argument("folder", type=click.Path(file_okay=False), default="mval-demo")
 def demo(folder: str) -> None:
@@ -199,19 +210,6 @@ def demo(folder: str) -> None:
             click.echo(f"$ mval {shlex.join(step.args)}")
             main.main(step.args, prog_name="mval", standalone_mode=False)
 
-
-def _register_plugins() -> None:
-    for module_name, command in _PLUGGED:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
-                continue  # that part of mval is not in this build
-            raise
-        main.add_command(getattr(module, command))
-
-
-_register_plugins()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,7 +23,9 @@ def run(*args: str, ok: bool = True):
 
 
 def _commands(group: click.Group, prefix: str = "mval"):
-    for name, command in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
         yield f"{prefix} {name}", command
         if isinstance(command, click.Group):
             yield from _commands(command, f"{prefix} {name}")

@@ -1,0 +1,287 @@
+"""Training a DRC agent: imitation of the exact solver (online DAgger), then advantage actor-critic (A2C).
+
+Each update rolls `num_envs` boards for `rollout` steps with gradients on, then takes one Adam step on
+    loss = imitation_weight * CE + pg_weight * PG + value_coef * (V - R)^2 - entropy_coef * H
+(rewards multiplied by `reward_scale` for the value and advantages, so returns are of order 1)
+CE = -log sum_{a optimal} pi(a|s) (the expert's optimal set from exact state distances), PG = -log pi(a|s) A
+with GAE(gamma, lambda) advantages A and returns R. Imitation phase: CE only plus the value loss; the boards
+follow the expert with probability beta (decaying to 0 over the first half) and the agent's own samples
+otherwise (DAgger), and deadlocked boards restart at once. Actor-critic phase: PG + value + entropy.
+
+A run directory holds agent.safetensors, optimizer.safetensors, state.json (resume point),
+levels.txt (the training levels, example id = index) and episodes.csv (one row per finished episode:
+level, phase, env step, length, return, solved), the per-level record that attribution builds on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from attribution.sokoban.agent import DRC, DRCConfig, load_agent, reset_where, save_agent
+from attribution.sokoban.env import Expert, SokobanVecEnv
+from attribution.sokoban.levels import LevelSet, generate_levels, read_levels, state_distances, write_levels
+from mval.errors import MvalError
+from mval.progress import progress
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run; a resumed run must have the same config except longer phases."""
+
+    levels: str | None = None  # Boxoban file; None: generate `n_levels` levels
+    size: int = 6
+    boxes: int = 2
+    n_levels: int = 5000
+    min_length: int = 8
+    agent: DRCConfig = field(default_factory=DRCConfig)
+    num_envs: int = 128
+    rollout: int = 16
+    imitation_steps: int = 1_000_000
+    rl_steps: int = 0
+    max_steps: int = 60
+    lr: float = 2e-3
+    rl_lr: float = 2e-4
+    gamma: float = 0.97
+    gae_lambda: float = 0.95
+    value_coef: float = 0.5
+    entropy_coef: float = 0.01
+    reward_scale: float = 0.1
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        return cls(**{**d, "agent": DRCConfig(**d["agent"])})
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out: str
+    env_steps: int
+    updates: int
+    seconds: float
+    steps_per_second: float
+    recent_solve_rate: float
+    imitation_loss: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_expert(levels: LevelSet) -> Expert:
+    """Exact distance tables of every level (a few ms per 6x6 two-box level)."""
+    tables = [state_distances(levels.level(i)) for i in progress(range(len(levels)), "solving levels", len(levels))]
+    h, w = levels.shape
+    return Expert.from_tables(tables, h * w, levels.n_boxes)
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last: torch.Tensor, gamma: float, lam: float):
+    """Advantages A_t = sum_k (gamma lam)^k delta_{t+k}, delta_t = r_t + gamma V_{t+1} (1 - done_t) - V_t; returns A, A + V."""
+    adv = torch.zeros_like(rewards)
+    running = torch.zeros_like(last)
+    nxt = last
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        notdone = 1.0 - dones[t]
+        delta = rewards[t] + gamma * nxt * notdone - values[t]
+        running = delta + gamma * lam * notdone * running
+        adv[t] = running
+        nxt = values[t]
+    return adv, adv + values
+
+
+def _adam_state_tensors(opt: torch.optim.Optimizer, agent: DRC) -> dict[str, torch.Tensor]:
+    names = {id(p): n for n, p in agent.named_parameters()}
+    out = {}
+    for p, s in opt.state.items():
+        for k in ("exp_avg", "exp_avg_sq", "step"):
+            out[f"{names[id(p)]}.{k}"] = torch.as_tensor(s[k]).reshape(-1).clone() if k == "step" else s[k]
+    return out
+
+
+def _load_adam_state(opt: torch.optim.Optimizer, agent: DRC, tensors: dict[str, torch.Tensor]) -> None:
+    for n, p in agent.named_parameters():
+        if f"{n}.exp_avg" in tensors:
+            opt.state[p] = {
+                "exp_avg": tensors[f"{n}.exp_avg"],
+                "exp_avg_sq": tensors[f"{n}.exp_avg_sq"],
+                "step": tensors[f"{n}.step"].reshape(()),
+            }
+
+
+class Trainer:
+    """A resumable run in directory `out`."""
+
+    def __init__(self, config: TrainConfig, out: str | Path):
+        self.config = config
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        state_file = self.out / "state.json"
+        self.env_steps = 0
+        self.updates = 0
+        if state_file.is_file():
+            saved = json.loads(state_file.read_text())
+            lengths = ("imitation_steps", "rl_steps")
+            same = {k: v for k, v in saved["config"].items() if k not in lengths}
+            wanted = {k: v for k, v in json.loads(json.dumps(config.to_dict())).items() if k not in lengths}
+            if same != wanted:
+                changed = sorted(k for k in wanted if same.get(k) != wanted[k])
+                raise MvalError(
+                    f"{self.out}: holds a run with different settings ({', '.join(changed)}); resume with the "
+                    "same options (only --imitation-steps/--rl-steps may grow) or use a new -o"
+                )
+            self.env_steps, self.updates = saved["env_steps"], saved["updates"]
+            self.agent = load_agent(self.out / "agent.safetensors")
+            self.agent.train()
+        else:
+            torch.manual_seed(config.seed)
+            self.agent = DRC(config.agent)
+        self.levels = self._levels()
+        self.agent.check_board(*self.levels.shape)
+        self.opt = torch.optim.Adam(self.agent.parameters(), lr=config.lr)
+        if (self.out / "optimizer.safetensors").is_file() and self.updates:
+            _load_adam_state(self.opt, self.agent, load_file(str(self.out / "optimizer.safetensors")))
+        self.expert = build_expert(self.levels) if config.imitation_steps > self.env_steps else None
+        self.solved_recent: list[float] = []
+        self.recent_ce: list[float] = []
+
+    def _levels(self) -> LevelSet:
+        cached = self.out / "levels.txt"
+        if cached.is_file():
+            return read_levels(cached)
+        cfg = self.config
+        if cfg.levels is not None:
+            levels = read_levels(cfg.levels)
+        else:
+            levels = generate_levels(cfg.n_levels, cfg.size, cfg.boxes, cfg.min_length, seed=cfg.seed)
+        write_levels(cached, levels)
+        return levels
+
+    def save(self) -> None:
+        save_agent(self.agent, self.out / "agent.safetensors", {"env_steps": self.env_steps})
+        save_file(_adam_state_tensors(self.opt, self.agent), str(self.out / "optimizer.safetensors"))
+        state = {"config": self.config.to_dict(), "env_steps": self.env_steps, "updates": self.updates}
+        (self.out / "state.json").write_text(json.dumps(state, indent=1))
+
+    def _record(self, episode: dict, phase: str) -> None:
+        done = episode["level_id"] >= 0
+        path = self.out / "episodes.csv"
+        new = not path.is_file()
+        with path.open("a") as f:
+            if new:
+                f.write("level_id,phase,env_step,length,return,solved\n")
+            for lv, ln, ret, ok in zip(
+                episode["level_id"][done], episode["length"][done], episode["return"][done], episode["solved"][done]
+            ):
+                f.write(f"{lv},{phase},{self.env_steps},{ln},{ret:.2f},{int(ok)}\n")
+        self.solved_recent = (self.solved_recent + episode["solved"][done].astype(float).tolist())[-1000:]
+
+    def run(self, time_limit: float | None = None, checkpoint_seconds: float = 120.0) -> TrainResult:
+        cfg = self.config
+        total = cfg.imitation_steps + cfg.rl_steps
+        per_update = cfg.num_envs * cfg.rollout
+        rng = np.random.default_rng(cfg.seed + self.updates)
+        env = SokobanVecEnv(self.levels, cfg.num_envs, cfg.max_steps, seed=cfg.seed + self.updates)
+        obs, _ = env.reset()
+        state = self.agent.initial_state(cfg.num_envs)
+        starts = torch.ones(cfg.num_envs, dtype=torch.bool)
+        start_time = last_save = time.time()
+        first_steps = self.env_steps
+        n_updates = max(0, -(-(total - self.env_steps) // per_update))
+        for _ in progress(range(n_updates), "training", n_updates):
+            imitation = self.env_steps < cfg.imitation_steps
+            if imitation and self.expert is None:
+                self.expert = build_expert(self.levels)
+            for g in self.opt.param_groups:
+                g["lr"] = cfg.lr if imitation else cfg.rl_lr
+            beta = max(0.0, 0.5 - self.env_steps / cfg.imitation_steps) if imitation else 0.0
+            logits_l, values_l, actions_l, rewards_l, dones_l, masks_l = [], [], [], [], [], []
+            for _ in range(cfg.rollout):
+                state = reset_where(state, starts)
+                logits, value, state = self.agent.step(torch.from_numpy(obs), state)
+                with torch.no_grad():
+                    actions = torch.distributions.Categorical(logits=logits).sample().numpy()
+                if imitation:
+                    mask, dist = self.expert.optimal_actions(env.level_ids, env.boards)
+                    follow = (rng.random(cfg.num_envs) < beta) & mask.any(1)
+                    choice = (rng.random(mask.shape) * mask).argmax(1)
+                    actions = np.where(follow, choice, actions)
+                    masks_l.append(torch.from_numpy(mask))
+                obs, reward, term, trunc, info = env.step(actions)
+                done = term | trunc
+                if imitation:
+                    dead = np.flatnonzero((dist < 0) & ~done)
+                    if len(dead):
+                        ended = np.where(np.isin(np.arange(cfg.num_envs), dead), env.level_ids, -1)
+                        lengths = np.where(ended >= 0, env.steps, -1)
+                        returns = np.where(ended >= 0, env.returns, np.nan)
+                        self._record(
+                            {"level_id": ended, "length": lengths, "return": returns, "solved": np.zeros_like(done)},
+                            "imitation",
+                        )
+                        env.restart(dead)
+                        obs = env.boards.observation()
+                        done[dead] = True
+                if "episode" in info:
+                    self._record(info["episode"], "imitation" if imitation else "rl")
+                logits_l.append(logits)
+                values_l.append(value)
+                actions_l.append(torch.from_numpy(actions))
+                rewards_l.append(torch.from_numpy(reward))
+                dones_l.append(torch.from_numpy(done.astype(np.float32)))
+                starts = torch.from_numpy(done)
+            with torch.no_grad():
+                _, last_value, _ = self.agent.step(torch.from_numpy(obs), reset_where(state, starts))
+            logits = torch.stack(logits_l)
+            values = torch.stack(values_l)
+            rewards = torch.stack(rewards_l) * cfg.reward_scale
+            dones = torch.stack(dones_l)
+            adv, returns = gae(rewards, values.detach(), dones, last_value, cfg.gamma, cfg.gae_lambda)
+            logp = F.log_softmax(logits, -1)
+            loss = cfg.value_coef * F.mse_loss(values, returns)
+            if imitation:
+                mask = torch.stack(masks_l)
+                rows = mask.any(-1)
+                ce = -(torch.logsumexp(logp.masked_fill(~mask, -1e9), -1))[rows]
+                if len(ce):
+                    loss = loss + ce.mean()
+                    self.recent_ce = (self.recent_ce + [float(ce.mean().detach())])[-5:]
+            else:
+                taken = logp.gather(-1, torch.stack(actions_l)[..., None]).squeeze(-1)
+                norm_adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                entropy = -(logp.exp() * logp).sum(-1).mean()
+                loss = loss - (taken * norm_adv).mean() - cfg.entropy_coef * entropy
+            self.opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.agent.parameters(), cfg.max_grad_norm)
+            self.opt.step()
+            state = (state[0].detach(), state[1].detach())
+            self.env_steps += per_update
+            self.updates += 1
+            now = time.time()
+            if now - last_save > checkpoint_seconds:
+                self.save()
+                last_save = now
+            if time_limit is not None and now - start_time > time_limit:
+                break
+        self.save()
+        seconds = time.time() - start_time
+        return TrainResult(
+            out=str(self.out),
+            env_steps=self.env_steps,
+            updates=self.updates,
+            seconds=seconds,
+            steps_per_second=(self.env_steps - first_steps) / max(seconds, 1e-9),
+            recent_solve_rate=float(np.mean(self.solved_recent)) if self.solved_recent else float("nan"),
+            imitation_loss=float(np.mean(self.recent_ce)) if self.recent_ce else float("nan"),
+        )

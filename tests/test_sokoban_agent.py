@@ -1,0 +1,89 @@
+"""The DRC agent: shapes, state resets, thinking, safetensors round trip; a few training updates."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from attribution.sokoban.agent import DRC, DRCConfig, load_agent, reset_where, save_agent
+from attribution.sokoban.levels import parse_levels, stack_levels, write_levels
+from attribution.sokoban.play import play
+from attribution.sokoban.train import Trainer, TrainConfig, gae
+from mval.errors import MvalError
+
+torch.set_num_threads(1)
+
+
+def test_forward_shapes_reset_and_thinking():
+    torch.manual_seed(0)
+    agent = DRC(DRCConfig(layers=3, ticks=2, channels=8, height=6, width=7))
+    obs = torch.rand(5, 4, 6, 7)
+    state = agent.initial_state(5)
+    assert state[0].shape == (3, 5, 8, 6, 7)
+    logits, value, state = agent.step(obs, state)
+    assert logits.shape == (5, 4) and value.shape == (5,)
+    assert state[0].abs().sum() > 0
+    h, c = reset_where(state, torch.tensor([True, False, True, False, False]))
+    assert h[:, [0, 2]].abs().sum() == 0 and torch.equal(h[:, 1], state[0][:, 1]) and torch.equal(c[:, 3], state[1][:, 3])
+    thought = agent.think(obs, agent.initial_state(5), 3)
+    again = agent.initial_state(5)
+    for _ in range(3):
+        _, _, again = agent.step(obs, again)
+    assert torch.allclose(thought[0], again[0])
+
+
+def test_safetensors_round_trip_and_refusals(tmp_path):
+    agent = DRC(DRCConfig(layers=1, ticks=1, channels=4))
+    save_agent(agent, tmp_path / "a.safetensors")
+    back = load_agent(tmp_path / "a.safetensors")
+    obs = torch.rand(2, 4, 6, 6)
+    with torch.no_grad():
+        assert torch.allclose(agent.step(obs, agent.initial_state(2))[0], back.step(obs, back.initial_state(2))[0])
+    torch.save(agent.state_dict(), tmp_path / "pickle.pt")
+    with pytest.raises(MvalError, match="not a safetensors agent file"):
+        load_agent(tmp_path / "pickle.pt")
+    with pytest.raises(MvalError, match="no such agent file"):
+        load_agent(tmp_path / "missing.safetensors")
+    with pytest.raises(MvalError, match="trained on 6x6"):
+        back.check_board(7, 7)
+
+
+def test_gae_matches_a_hand_computation():
+    rewards = torch.tensor([[1.0], [0.0], [2.0]])
+    values = torch.tensor([[0.5], [0.2], [0.1]])
+    dones = torch.tensor([[0.0], [1.0], [0.0]])
+    adv, ret = gae(rewards, values, dones, torch.tensor([0.3]), gamma=0.9, lam=0.5)
+    d2 = 2.0 + 0.9 * 0.3 - 0.1
+    d1 = 0.0 - 0.2  # episode ends at t=1: no bootstrap
+    d0 = 1.0 + 0.9 * 0.2 - 0.5
+    assert torch.allclose(adv[:, 0], torch.tensor([d0 + 0.45 * d1, d1, d2]))
+    assert torch.allclose(ret, adv + values)
+
+
+# two mirror-image corridors: the agent must read the board to know whether to go left or right
+TINY = ["#######\n#  @$.#\n#     #\n#######", "#######\n#.$@  #\n#     #\n#######"]
+
+
+def test_a_few_imitation_and_actor_critic_updates_learn_tiny_levels_and_resume(tmp_path):
+    write_levels(tmp_path / "tiny.txt", stack_levels([parse_levels(t)[0] for t in TINY]))
+    cfg = TrainConfig(
+        levels=str(tmp_path / "tiny.txt"), agent=DRCConfig(1, 1, 8, 4, 7, hidden=32), num_envs=16, rollout=4,
+        imitation_steps=16 * 4 * 30, rl_steps=0, max_steps=10, lr=1e-2, seed=0,
+    )
+    result = Trainer(cfg, tmp_path / "run").run()
+    assert result.updates == 30 and result.imitation_loss < 0.5  # from log(4) = 1.39
+    levels = stack_levels([parse_levels(t)[0] for t in TINY])
+    agent = load_agent(tmp_path / "run" / "agent.safetensors")
+    assert play(agent, levels, max_steps=5).solve_rate == 1.0
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["env_steps"] == 16 * 4 * 30
+    episodes = (tmp_path / "run" / "episodes.csv").read_text().splitlines()
+    assert episodes[0] == "level_id,phase,env_step,length,return,solved" and len(episodes) > 30
+    longer = TrainConfig(**{**cfg.__dict__, "rl_steps": 16 * 4 * 3})
+    resumed = Trainer(longer, tmp_path / "run").run()
+    assert resumed.updates == 33 and resumed.env_steps == 16 * 4 * 33
+    assert "rl" in (tmp_path / "run" / "episodes.csv").read_text()
+    with pytest.raises(MvalError, match="different settings \\(lr\\)"):
+        Trainer(TrainConfig(**{**longer.__dict__, "lr": 0.5}), tmp_path / "run")
+    assert np.isfinite(resumed.recent_solve_rate)

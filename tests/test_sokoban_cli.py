@@ -1,0 +1,89 @@
+"""`mval sokoban ...` as a user runs it: real level files, agents, stores and GIFs in a temporary folder."""
+
+import json
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from attribution.sokoban.commands import sokoban
+from attribution.sokoban.levels import read_levels, solve
+from cli import MvalGroup
+from mval.store import init_store
+
+root = MvalGroup(commands={"sokoban": sokoban})  # the same error handling as `mval`
+
+
+def run(*args, ok=True):
+    result = CliRunner().invoke(root, ["sokoban", *[str(a) for a in args]])
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def levels(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lv") / "levels.txt"
+    out = json.loads(run("levels", "--size", 6, "--boxes", 2, "--n", 8, "--min-length", 8, "--seed", 4, "-o", path,
+                         "--format", "json").output)
+    assert out["levels"] == 8 and out["mean_optimal_length"] >= 8
+    return path
+
+
+def test_train_resume_and_play_a_tiny_agent(levels, tmp_path):
+    args = ("train", "-o", tmp_path / "run", "--levels", levels, "--layers", 1, "--ticks", 1, "--channels", 4,
+            "--num-envs", 8, "--rollout", 4, "--imitation-steps", 64, "--format", "json")
+    first = json.loads(run(*args).output)[0]
+    assert first["env_steps"] == 64 and first["updates"] == 2
+    again = json.loads(run(*args[:-2], "--rl-steps", 32, "--format", "json").output)[0]
+    assert again["env_steps"] == 96 and again["updates"] == 3
+    out = json.loads(run("play", "--levels", levels, "--agent", tmp_path / "run" / "agent.safetensors",
+                         "--thinking-steps", 2, "--max-steps", 20, "--format", "json").output)
+    assert out["levels"] == 8 and 0 <= out["solve_rate"] <= 1 and out["thinking_steps"] == 2 and "mean_steps" in out
+
+
+def test_play_stores_episodes_renders_and_probes_with_the_shipped_agent(levels, tmp_path):
+    store = init_store(tmp_path / "s.duckdb")
+    out = json.loads(run("play", "--levels", levels, "--store", store, "--render", tmp_path / "p.gif",
+                         "--format", "json").output)
+    assert out["levels"] == 8 and out["frames"] >= 2 and (tmp_path / "p.gif").read_bytes()[:3] == b"GIF"
+    run("play", "--levels", levels, "--store", store, "--thinking-steps", 1)
+    con = duckdb.connect(str(store), read_only=True)
+    rows = con.execute("SELECT run_id, count(*), sum(solved::INT), min(optimal_length) FROM sokoban_episodes "
+                       "GROUP BY run_id ORDER BY min(thinking_steps)").fetchall()
+    lengths = con.execute("SELECT optimal_length FROM sokoban_episodes WHERE thinking_steps = 0 "
+                          "ORDER BY level_index").fetchall()
+    con.close()
+    assert len(rows) == 2 and rows[0][1] == 8 and rows[0][0] == out["run_id"] and rows[0][2] == out["solved"]
+    lv = read_levels(levels)
+    assert [r[0] for r in lengths] == [len(solve(lv.level(i))) for i in range(len(lv))]
+    assert min(r[0] for r in lengths) >= 8
+
+    probe = json.loads(run("probe", "--levels", levels, "-o", tmp_path / "push.safetensors", "--format", "json").output)
+    sources = {p["source"] for p in probe["probes"]}
+    assert {"obs", "h1", "c1", "all"} <= sources and probe["saved"] and (tmp_path / "push.safetensors").is_file()
+    assert all(0 <= p["macro_f1"] <= 1 for p in probe["probes"])
+    run("play", "--levels", levels, "--render", tmp_path / "plan.gif", "--probe", tmp_path / "push.safetensors")
+    edit = json.loads(run("edit", "--levels", levels, "--probe", tmp_path / "push.safetensors", "--format", "json").output)
+    assert 0 <= edit["success_rate"] <= 1 and edit["levels"] >= 1
+
+
+def test_refusals_are_one_line_and_exit_2(levels, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("; 0\n#####\n#@$.#\n#$  #\n#####\n")
+    result = run("play", "--levels", bad, ok=False)
+    assert result.exit_code == 2 and "line 2: level has 2 boxes and 1 targets" in result.output
+    big = tmp_path / "big.txt"
+    run("levels", "--size", 7, "--boxes", 1, "--n", 2, "-o", big)
+    result = run("play", "--levels", big, ok=False)
+    assert result.exit_code == 2 and "trained on 6x6" in result.output
+    result = run("play", "--levels", levels, "--store", tmp_path / "none.duckdb", ok=False)
+    assert result.exit_code == 2 and "no such store" in result.output
+    result = run("levels", "--size", 6, "--n", 0, "-o", tmp_path / "x.txt", ok=False)
+    assert result.exit_code == 2 and "--n 0" in result.output
+
+
+def test_every_command_has_help_with_an_example():
+    for name, command in sokoban.commands.items():
+        text = run(name, "--help").output
+        assert "Example:" in text and f"mval sokoban {name}" in text
