@@ -8,7 +8,7 @@ import click
 
 from attribution.curate import curate as curate_dataset
 from attribution.examples import add_examples, read_jsonl
-from attribution.models import load_hf_model
+from attribution.models import load_hf_model, load_model
 from attribution.probes import direction_from_file, load_probe, train_probe
 from attribution.scorers import ScoreRequest, make_scorer
 from attribution.scoring import score_dataset, top_scores
@@ -99,8 +99,8 @@ def probe_train(model_dir: str, layer: int, data: str | None, direction: str | N
 
 @click.command("score")
 @STORE
-@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder of the fine-tuned Hugging Face causal LM.")
+@click.option("--model", "model_dir", required=True, type=click.Path(),
+              help="Folder of the fine-tuned Hugging Face causal LM, or a Sokoban agent's .safetensors file.")
 @click.option("--dataset", required=True, help="Dataset of examples to score (see `mval examples add`).")
 @click.option("--concept", "concept_file", required=True, type=click.Path(dir_okay=False),
               help="Probe file made by `mval probe train`.")
@@ -135,7 +135,7 @@ def score(store: str, model_dir: str, dataset: str, concept_file: str, method: s
     request = ScoreRequest(concept, query_set, seed, batch_size, proj_dim,
                            Path(cache_dir) if cache_dir else Path(f"{store}.cache"))
     scorer = make_scorer(method, request)
-    model = load_hf_model(model_dir)
+    model = load_model(model_dir)
     name = concept_name or Path(concept_file).stem
     with open_store(store) as con:
         summary = score_dataset(con, dataset, method, name, model, scorer, request, replace=replace)

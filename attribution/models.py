@@ -187,3 +187,13 @@ def load_hf_model(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> 
             raise
         raise MvalError(f"--model {model_dir}: cannot load ({str(e).splitlines()[0]})") from e
     return HFCausalLM(module, tokenizer)
+
+
+def load_model(path: str | Path) -> ConceptModel:
+    """The model behind `--model`: a Hugging Face folder, or a Sokoban agent's `.safetensors` file."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".safetensors":
+        from attribution.sokoban.concept_model import load_agent_model
+
+        return load_agent_model(path)
+    return load_hf_model(path)
