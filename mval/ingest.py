@@ -171,19 +171,18 @@ def _first_violation(con: duckdb.DuckDBPyConnection, path: Path, rule: str, coun
 def _validate(con: duckdb.DuckDBPyConnection, path: Path) -> int:
     """Run every rule over the staged rows in one scan; raise on the first failing rule. Returns rows."""
     con.execute(load_sql("ingest_checks"))
-    counts_sql = "SELECT count(*), " + ", ".join(f"count_if({rule})" for rule in RULES) + " FROM staged_checks"
-    rows, *counts = con.execute(counts_sql).fetchall()[0]
+    counts_sql = ("SELECT count(*), min(features_len), max(features_len), "
+                  + ", ".join(f"count_if({rule})" for rule in RULES) + " FROM staged_checks")
+    rows, min_len, max_len, *counts = con.execute(counts_sql).fetchall()[0]
     for rule, count in zip(RULES, counts):
         if count:
             raise _first_violation(con, path, rule, count)
     if rows == 0:
         raise MvalError(f"{path}: the file has no rows")
-    dims = con.execute(
-        "SELECT DISTINCT len(features) FROM staged WHERE features IS NOT NULL "
-        "UNION SELECT DISTINCT len(features) FROM events WHERE features IS NOT NULL"
-    ).fetchall()
+    stored = con.execute("SELECT DISTINCT len(features) FROM events WHERE features IS NOT NULL").fetchall()
+    dims = {d for d in (min_len, max_len) if d is not None} | {d[0] for d in stored}
     if len(dims) > 1:
-        sizes = ", ".join(str(d[0]) for d in sorted(dims))
+        sizes = ", ".join(str(d) for d in sorted(dims))
         raise MvalError(
             f"{path}: column features: every row (and the rows already in the store) must have the same "
             f"number of features, found lengths {sizes}; give each context vector the same dimension"

@@ -4,6 +4,7 @@
 CREATE OR REPLACE TEMP VIEW staged_checks AS
 SELECT
     _row,
+    len(features) AS features_len,
     action IS NULL OR action < 0 OR action <> floor(action) OR action > 2147483647 AS bad_action,
     propensity IS NULL OR isnan(propensity) OR propensity <= 0 OR propensity > 1  AS bad_propensity,
     reward IS NULL OR isnan(reward) OR isinf(reward)                              AS bad_reward,

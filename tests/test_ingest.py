@@ -165,3 +165,12 @@ def test_feature_dimension_must_match_store(store, tmp_path):
         ingest_file(con, tmp_path / "a.parquet", "a")
         with pytest.raises(MvalError, match="same number of features, found lengths 2, 3"):
             ingest_file(con, tmp_path / "b.parquet", "b")
+
+
+def test_feature_dimension_must_match_within_the_file(store, tmp_path):
+    ragged = [[1.0, 2.0], [1.0, 2.0, 3.0], [1.0, 2.0], [4.0, 5.0, 6.0, 7.0], [1.0, 2.0]]
+    generic_log(rows=5).with_columns(features=pl.Series(ragged)).write_parquet(tmp_path / "ragged.parquet")
+    with open_store(store) as con:
+        with pytest.raises(MvalError, match="same number of features, found lengths 2, 4"):
+            ingest_file(con, tmp_path / "ragged.parquet", "a")
+        assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 0
