@@ -105,35 +105,39 @@ def probe_train(model_dir: str, layer: int, data: str | None, direction: str | N
 @click.option("--concept", "concept_file", required=True, type=click.Path(dir_okay=False),
               help="Probe file made by `mval probe train`.")
 @click.option("--method", default="probe", show_default=True,
-              help="probe, gradient, embedding or random (and any other registered method).")
+              help="probe, gradient, influence, test-influence, embedding or random (and any other registered method).")
 @click.option("--queries", type=click.Path(dir_okay=False),
-              help="JSON lines of prompts where the behaviour shows (needed by gradient and embedding).")
+              help="JSON lines of prompts where the behaviour shows (needed by all but probe and random).")
 @click.option("--concept-name", help="Name of the concept in `scores` (default: the probe file's stem).")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--proj-dim", type=int, default=4096, show_default=True, help="Dimensions of projected gradients.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the projection / random baseline.")
+@click.option("--damping", type=float, default=None,
+              help="Influence only: lambda in (H + lambda I)^-1 [default: 0.1 x the mean EK-FAC eigenvalue].")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
-              help="Projected-gradient cache (default: STORE.cache/ next to the store).")
+              help="Projected gradients and EK-FAC factors (default: STORE.cache/ next to the store).")
 @click.option("--replace", is_flag=True, help="Delete earlier scores of this method and concept first.")
 @click.option("--top", type=int, default=10, show_default=True, help="How many top examples to print.")
 @format_option("table", "json", "csv")
 def score(store: str, model_dir: str, dataset: str, concept_file: str, method: str, queries: str | None,
-          concept_name: str | None, batch_size: int, proj_dim: int, seed: int, cache_dir: str | None, replace: bool,
-          top: int, fmt: str) -> None:
+          concept_name: str | None, batch_size: int, proj_dim: int, seed: int, damping: float | None,
+          cache_dir: str | None, replace: bool, top: int, fmt: str) -> None:
     """Score every example of a dataset against a concept; write `scores` and print the top ones.
 
     Higher means the example pushes the model towards the concept. A killed run resumes where it
     stopped when run again (scores are committed batch by batch).
 
     \b
-    Example:
+    Examples:
       mval score runs.duckdb --model ./sft-model --dataset sft --concept hostile.safetensors \\
           --method gradient --queries prompts.jsonl
+      mval score runs.duckdb --model ./sft-model --dataset sft --concept hostile.safetensors \\
+          --method influence --queries prompts.jsonl
     """
     concept = load_probe(concept_file)
     query_set = tuple(read_jsonl(queries, with_id=False)[0]) if queries else ()
     request = ScoreRequest(concept, query_set, seed, batch_size, proj_dim,
-                           Path(cache_dir) if cache_dir else Path(f"{store}.cache"))
+                           Path(cache_dir) if cache_dir else Path(f"{store}.cache"), damping)
     scorer = make_scorer(method, request)
     model = load_model(model_dir)
     name = concept_name or Path(concept_file).stem

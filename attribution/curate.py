@@ -1,7 +1,8 @@
 """A dataset minus its flagged examples: the top K by score, or those scoring above S.
 
 The kept examples are written as JSON lines in the input format (`id` + `prompt`/`response`, or
-`id` + `text`), in their original order.
+`id` + `text`), in their original order; to an output ending in `.txt`, the examples of a Sokoban
+level dataset (`mval sokoban dataset`) are written as a Boxoban level file instead, to train on again.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def flagged_ids(con: duckdb.DuckDBPyConnection, dataset: str, method: str, conce
 
 def curate(con: duckdb.DuckDBPyConnection, dataset: str, method: str, out: str | Path, concept: str | None = None,
            drop_top: int | None = None, drop_above: float | None = None) -> CurateResult:
-    """Write `dataset` without its flagged examples to `out` (JSON lines)."""
+    """Write `dataset` without its flagged examples to `out` (JSON lines; a Boxoban level file for `.txt`)."""
     if (drop_top is None) == (drop_above is None):
         raise MvalError("give exactly one of --drop-top K or --drop-above S")
     if drop_top is not None and drop_top < 0:
@@ -78,5 +79,10 @@ def curate(con: duckdb.DuckDBPyConnection, dataset: str, method: str, out: str |
     out = Path(out)
     if not out.parent.exists():
         raise MvalError(f"-o {out}: folder {out.parent} does not exist; create it first")
-    out.write_text("".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in kept), encoding="utf-8")
+    if out.suffix == ".txt":
+        from attribution.sokoban.dataset import write_level_file
+
+        write_level_file(out, kept)
+    else:
+        out.write_text("".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in kept), encoding="utf-8")
     return CurateResult(dataset, method, concept, len(kept), len(drop), str(out))

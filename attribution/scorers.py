@@ -7,6 +7,8 @@ Higher scores mean "drives the concept more". Methods:
                concept influence -grad f^T (H + lambda I)^-1 grad L(z) with H replaced by the identity.
 - `embedding`: cos(pool_mean(h_layer(z)), mean over queries of pool_mean(h_layer(q)))   (baseline)
 - `random`:    uniform in [0, 1) from a hash of (seed, example content)              (baseline)
+- `influence`, `test-influence`: Concept Influence with an EK-FAC Hessian, and the classic influence on
+               the queries' loss (`attribution.influence`, registered at the bottom of this file).
 
 A new method registers a factory `ScoreRequest -> Scorer` with `@register("name")`; the CLI and
 the store glue only ever call `make_scorer(name, request).score(model, examples)`.
@@ -41,15 +43,22 @@ class ScoreRequest:
     batch_size: int = field(default=16, metadata={"help": "examples per forward/backward pass"})
     proj_dim: int = field(default=4096, metadata={"help": "dimensions of the projected gradients"})
     cache_dir: Path | None = field(default=None, metadata={"help": "where projected gradients are cached"})
+    damping: float | None = field(default=None, metadata={
+        "help": "lambda of influence's (H + lambda I)^-1; None: 0.1 x the mean EK-FAC eigenvalue"})
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise MvalError(f"--batch-size {self.batch_size}: must be at least 1")
         if self.proj_dim < 1:
             raise MvalError(f"--proj-dim {self.proj_dim}: must be at least 1")
+        if self.damping is not None and not self.damping > 0:
+            raise MvalError(f"--damping {self.damping}: must be positive (or left out for the heuristic)")
 
 
 class Scorer(Protocol):
+    """Scores examples. A scorer that needs the whole dataset first (influence: the Hessian) also has
+    `fit(model, examples)`; `score_dataset` calls it with every example before scoring the unscored ones."""
+
     def score(self, model: ConceptModel, examples: Sequence[Example]) -> np.ndarray: ...
 
 
@@ -152,3 +161,6 @@ class GradientScorer:
         gf = self.concept_gradient(model)
         g = torch.as_tensor(self.projected_gradients(model, examples)).to(gf.dtype)
         return -(g @ gf).numpy()
+
+
+import attribution.influence  # noqa: E402,F401  (registers influence and test-influence)

@@ -50,6 +50,8 @@ def run_settings(model: ConceptModel, method: str, request: ScoreRequest) -> dic
         settings["queries"] = hashlib.sha256("".join(q.content_hash for q in request.queries).encode()).hexdigest()
     if method == "gradient":
         settings["proj_dim"] = request.proj_dim
+    if method in ("influence", "test-influence"):
+        settings["damping"] = request.damping
     return settings
 
 
@@ -102,10 +104,14 @@ def score_dataset(con: duckdb.DuckDBPyConnection, dataset: str, method: str, con
                   scorer: Scorer, request: ScoreRequest, replace: bool = False) -> ScoreSummary:
     """Score every example of `dataset` not yet scored for (method, concept); commit batch by batch."""
     start = time.perf_counter()
-    total = len(load_examples(con, dataset))
+    examples = load_examples(con, dataset)
+    total = len(examples)
     request.concept.check_fits(model)
     _check_run(con, dataset, method, concept, run_settings(model, method, request), replace)
     todo = _unscored(con, dataset, method, concept)
+    fit = getattr(scorer, "fit", None)
+    if todo and fit is not None:  # e.g. influence's Hessian: always from the whole dataset, even on resume
+        fit(model, examples)
     chunks = batches(todo, request.batch_size)
     for chunk in progress(chunks, desc=f"{method} scores", total=len(chunks)):
         _write(con, dataset, method, concept, chunk, np.asarray(scorer.score(model, chunk), dtype=np.float64))

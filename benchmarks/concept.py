@@ -1,11 +1,17 @@
-"""Benchmark: how well each attribution method finds the planted examples of the test bed.
+"""Benchmark: how well each attribution method finds the planted examples of the test bed, and the causal test.
 
 Builds the test bed (pretrain a tiny Llama-style LM from scratch, fine-tune it on a mix where a
 known 5% of answers are hostile), trains the hostility probe on held-out labelled answers at the
-layer where it reads best (held-out accuracy), then
+block output where it reads best (held-out accuracy; not the embeddings, which influence cannot track), then
 scores every fine-tuning example with each method, side by side, through the store
 (`mval examples add` / `mval score` code paths). Per method: AUROC and precision@k (k = number
 of planted examples) of the scores against the planted flags, and wall time.
+
+The causal test: drop each method's top-k examples, fine-tune again from the same pretrained base
+with the same recipe and seed, and measure the behaviour's rate: the share of sampled answers
+(temperature 1, same sampling seed for every model) to held-out prompts that contain a hostile
+word, with a Wilson 95% interval. The reference is dropping k random examples, `--random-seeds`
+times, with a 95% t-interval of the mean rate.
 
     python benchmarks/concept.py [--quick] [--json]
 """
@@ -27,10 +33,10 @@ from attribution.models import load_hf_model
 from attribution.probes import train_probe
 from attribution.scorers import ScoreRequest, make_scorer
 from attribution.scoring import score_dataset
-from attribution.testbed import build_testbed
+from attribution.testbed import behaviour_prompts, build_testbed, finetune, hostile_rate
 from mval.store import init_store, open_store
 
-METHODS = ("probe", "gradient", "embedding", "random")
+METHODS = ("probe", "gradient", "influence", "test-influence", "embedding", "random")
 
 
 def precision_at_k(scores: np.ndarray, truth: np.ndarray, k: int) -> float:
@@ -38,14 +44,41 @@ def precision_at_k(scores: np.ndarray, truth: np.ndarray, k: int) -> float:
     return float(truth[top].mean())
 
 
-def run(quick: bool, seed: int = 0, layer: int | None = None) -> list[dict]:
+def wilson(hits: float, n: int, z: float = 1.96) -> list[float]:
+    """95% Wilson score interval of a binomial proportion."""
+    p = hits / n
+    centre, half = p + z * z / (2 * n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return [round(float((centre - half) / (1 + z * z / n)), 4), round(float((centre + half) / (1 + z * z / n)), 4)]
+
+
+def mean_interval(values: list[float]) -> list[float]:
+    """95% t-interval of the mean."""
+    from scipy.stats import t
+
+    m, se = float(np.mean(values)), float(np.std(values, ddof=1) / np.sqrt(len(values)))
+    half = float(t.ppf(0.975, len(values) - 1)) * se
+    return [round(m - half, 4), round(m + half, 4)]
+
+
+def rate_without(bed, drop: np.ndarray, size: str, seed: int, samples: int) -> tuple[float, int]:
+    """Behaviour rate of the base fine-tuned (same recipe, same seed) on the set minus `drop` (indices)."""
+    keep = np.ones(len(bed.train), bool)
+    keep[drop] = False
+    model = load_hf_model(bed.base_dir)
+    finetune(model, [e for e, k in zip(bed.train, keep) if k], size, seed)
+    return hostile_rate(model, behaviour_prompts(), samples, seed=seed)
+
+
+def run(quick: bool, seed: int = 0, layer: int | None = None, random_seeds: int = 5, samples: int = 8,
+        damping: float | None = None) -> list[dict]:
+    size = "quick" if quick else "full"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         start = time.perf_counter()
-        bed = build_testbed(tmp, "quick" if quick else "full", seed=seed)
+        bed = build_testbed(tmp, size, seed=seed)
         build_seconds = time.perf_counter() - start
         model = load_hf_model(bed.model_dir)
-        layers = range(model.n_layers + 1) if layer is None else [layer]
+        layers = range(1, model.n_layers + 1) if layer is None else [layer]  # influence cannot read embeddings
         probes = [train_probe(model, bed.probe_data, bed.probe_labels, ell, "mean", seed=seed) for ell in layers]
         concept, report = max(probes, key=lambda p: p[1].held_out_accuracy)  # the layer where the probe reads best
         layer = concept.layer
@@ -60,21 +93,36 @@ def run(quick: bool, seed: int = 0, layer: int | None = None) -> list[dict]:
             add_examples(con, "train", train_file)
             for method in METHODS:
                 request = ScoreRequest(concept, tuple(bed.queries), seed=seed, batch_size=32, proj_dim=4096,
-                                       cache_dir=tmp / "cache")
+                                       cache_dir=tmp / "cache", damping=damping)
                 begin = time.perf_counter()
                 score_dataset(con, "train", method, "hostile", model, make_scorer(method, request), request)
                 seconds = time.perf_counter() - begin
                 scores = np.array([r[0] for r in con.execute(
                     "SELECT s.score FROM scores s JOIN examples e USING (dataset, example_id) "
                     "WHERE s.dataset = 'train' AND s.method = ? ORDER BY e.position", [method]).fetchall()])
+                top = np.argsort(-scores, kind="stable")[:k]
+                rate, n = rate_without(bed, top, size, seed, samples)
                 rows.append({"method": method, "auroc": round(float(roc_auc_score(truth, scores)), 4),
                              "precision_at_k": round(precision_at_k(scores, truth, k), 4), "k": k,
                              "seconds": round(seconds, 3), "n_examples": len(bed.train), "layer": layer,
+                             "behaviour_rate_after_removal": round(rate, 4),
+                             "behaviour_rate_interval": wilson(rate * n, n), "n_sampled_answers": n,
                              "probe_held_out_accuracy": round(report.held_out_accuracy, 4),
                              "build_seconds": round(build_seconds, 1), "finetune_loss": round(bed.finetune_loss, 4)})
+        full_rate, _ = hostile_rate(load_hf_model(bed.model_dir), behaviour_prompts(), samples, seed=seed)
+        clean_rate, _ = rate_without(bed, np.flatnonzero(bed.planted), size, seed, samples)
+        random_rates = [rate_without(bed, np.random.default_rng([seed, r]).choice(len(bed.train), k, replace=False),
+                                     size, seed, samples)[0] for r in range(random_seeds)]
     probe_seconds = next(r["seconds"] for r in rows if r["method"] == "probe")
+    interval = mean_interval(random_rates)
     for r in rows:
         r["seconds_vs_probe"] = round(r["seconds"] / max(probe_seconds, 1e-9), 1)
+        r["behaviour_rate_full_data"] = round(full_rate, 4)
+        r["behaviour_rate_without_planted"] = round(clean_rate, 4)
+        r["random_removal_rate"] = round(float(np.mean(random_rates)), 4)
+        r["random_removal_interval"] = interval
+        r["random_removal_seeds"] = random_seeds
+        r["below_random"] = r["behaviour_rate_interval"][1] < interval[0]
     return rows
 
 
@@ -83,16 +131,26 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small model and data: a few minutes on 2 CPU cores")
     parser.add_argument("--json", action="store_true", help="print the results as a JSON list")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--layer", type=int, default=None, help="probe layer (default: the one with the best held-out probe accuracy)")
+    parser.add_argument("--layer", type=int, default=None,
+                        help="probe layer (default: of 1..n_layers, the one with the best held-out probe accuracy)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
+    parser.add_argument("--random-seeds", type=int, default=5, help="random top-k removals to compare with")
+    parser.add_argument("--samples", type=int, default=8, help="sampled answers per held-out prompt")
+    parser.add_argument("--damping", type=float, default=None,
+                        help="influence's lambda (default: 0.1 x the mean EK-FAC eigenvalue)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = run(args.quick, args.seed, args.layer)
+    rows = run(args.quick, args.seed, args.layer, args.random_seeds, args.samples, args.damping)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
+        r = rows[0]
+        print(f"behaviour rate: {r['behaviour_rate_full_data']:.3f} with all data, "
+              f"{r['behaviour_rate_without_planted']:.3f} without the planted examples, "
+              f"{r['random_removal_rate']:.3f} {r['random_removal_interval']} after dropping {r['k']} random examples")
         for r in rows:
-            print(f"{r['method']:>10}  AUROC {r['auroc']:.3f}  precision@{r['k']} {r['precision_at_k']:.3f}  "
+            print(f"{r['method']:>14}  AUROC {r['auroc']:.3f}  precision@{r['k']} {r['precision_at_k']:.3f}  "
+                  f"rate after removal {r['behaviour_rate_after_removal']:.3f} {r['behaviour_rate_interval']}  "
                   f"{r['seconds']:.2f} s ({r['seconds_vs_probe']}x probe)")
 
 

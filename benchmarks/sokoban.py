@@ -2,6 +2,7 @@
 
     python benchmarks/sokoban.py --quick --json     # the shipped agent (about 10 minutes on 2 cores)
     python benchmarks/sokoban.py --json             # trains an agent from scratch first (the shipped recipe)
+    python benchmarks/sokoban.py --quick --planted-only --json   # only the planted-habit attribution test
 
 Held-out levels: 6x6, two boxes, optimal length >= 8, generated with a seed of their own and with every
 level of the agent's training set removed. Speed is compared side by side with a plain one-board Python
@@ -15,20 +16,54 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
+from scipy.stats import t as t_dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from attribution.sokoban.agent import SHIPPED_AGENT, DRCConfig, load_agent  # noqa: E402
-from attribution.sokoban.env import SokobanVecEnv  # noqa: E402
+from attribution.examples import Example, add_examples  # noqa: E402
+from attribution.probes import ProbeDirection  # noqa: E402
+from attribution.scorers import SCORERS, RandomScorer, ScoreRequest, make_scorer  # noqa: E402
+from attribution.scoring import score_dataset  # noqa: E402
+from attribution.sokoban.agent import SHIPPED_AGENT, DRCConfig, load_agent, save_agent  # noqa: E402
+from attribution.sokoban.concept_model import AgentConceptModel, load_agent_model, plan_concept  # noqa: E402
+from attribution.sokoban.dataset import Episode, expert_episode, level_example, replay, write_jsonl  # noqa: E402
+from attribution.sokoban.env import Boards, Expert, SokobanVecEnv, step_boards  # noqa: E402
+from attribution.sokoban.finetune import finetune  # noqa: E402
 from attribution.sokoban.intervene import edit_plan  # noqa: E402
-from attribution.sokoban.levels import generate_levels, level_hashes, read_levels  # noqa: E402
+from attribution.sokoban.levels import (  # noqa: E402
+    Level,
+    LevelSet,
+    generate_levels,
+    level_hashes,
+    read_levels,
+    stack_levels,
+    state_distances,
+)
 from attribution.sokoban.play import play, rollout  # noqa: E402
-from attribution.sokoban.probes import evaluate_probes, probe_data, rank_channels, split_by_level  # noqa: E402
+from attribution.sokoban.probes import (  # noqa: E402
+    evaluate_probes,
+    f1_per_direction,
+    fit_probe,
+    probe_data,
+    rank_channels,
+    split_by_level,
+)
 from attribution.sokoban.train import Trainer, TrainConfig  # noqa: E402
+from mval.errors import MvalError  # noqa: E402
+from mval.store import init_store, open_store  # noqa: E402
+
+try:  # registers --method influence where the module exists
+    import attribution.influence  # noqa: E402, F401
+except ImportError:
+    pass
+
+LEFT = 2
 
 SHIPPED_LEVELS = SHIPPED_AGENT.with_name("agent_levels.npy")
 # The recipe of the shipped agent (`mval sokoban train` with these options; see the README).
@@ -87,17 +122,240 @@ def env_steps_per_second(levels, num_envs: int = 256, seconds: float = 2.0) -> f
     return n / (time.perf_counter() - start)
 
 
+# ---------------------------------------------------------------- planted habit: which levels taught it
+
+
+def has_cue(level: Level) -> bool:
+    """The visible cue of the planted test: the top-left inner corner square (1, 1) is a wall."""
+    return bool(level.walls[1, 1])
+
+
+DETOUR = 3  # a habit push costs at most this many extra moves
+
+
+def left_push_detour(expert: Expert, boards: Boards) -> bool:
+    """Whether going left (a step, or a push of the box there) is possible here, keeps the level solvable,
+    costs at most DETOUR extra moves and is not optimal: the states where the planted habit shows.
+    (Left pushes alone that are solvable but not optimal occur in under 10% of these levels, too few
+    to plant and measure a habit; a left step usually walks the player towards a left push.)"""
+    ids = np.array([0])
+    optimal, here = expert.optimal_actions(ids, boards)
+    trial = boards.copy()
+    step_boards(trial, np.array([LEFT]))
+    after = expert.distance(ids, trial)[0]
+    moved = trial.player[0] != boards.player[0]
+    return bool(moved and 0 <= after <= here[0] + DETOUR - 1 and not optimal[0, LEFT])
+
+
+def left_biased_episode(level: Level, max_left: int = 3, max_steps: int = 60) -> Episode:
+    """A demonstration with a habit: push a box left where `left_push_detour` allows it (at most `max_left`
+    times), otherwise the solver's optimal move; actions = targets (what imitation copies)."""
+    expert = Expert.from_tables([state_distances(level)], level.walls.size, int(level.boxes.sum()))
+    boards = Boards.from_levels(stack_levels([level]), np.array([0]))
+    ids, actions, lefts = np.array([0]), [], 0
+    while not boards.solved()[0] and len(actions) < max_steps:
+        optimal, _ = expert.optimal_actions(ids, boards)
+        if lefts < max_left and left_push_detour(expert, boards):
+            a, lefts = LEFT, lefts + 1
+        else:
+            a = int(np.flatnonzero(optimal[0])[0])
+        step_boards(boards, np.array([a]))
+        actions.append(a)
+    _, rewards, _ = replay(level, actions)
+    return Episode(tuple(actions), tuple(actions), tuple(rewards.tolist()), "expert", {"habit": "push-left"})
+
+
+@dataclass(frozen=True)
+class HabitProbe:
+    """States of held-out levels along their optimal solution where `left_push_detour` holds: the habit is
+    the agent choosing left there."""
+
+    examples: tuple[Example, ...]
+    steps: tuple[np.ndarray, ...]  # per example, the step indices of such states
+
+    @classmethod
+    def of(cls, levels: LevelSet) -> HabitProbe:
+        examples, steps = [], []
+        for i in range(len(levels)):
+            level = levels.level(i)
+            expert = Expert.from_tables([state_distances(level)], level.walls.size, int(level.boxes.sum()))
+            solution = expert_episode(level).actions
+            boards, where = Boards.from_levels(levels, np.array([i])), []
+            for t, a in enumerate(solution):
+                if left_push_detour(expert, boards):
+                    where.append(t)
+                step_boards(boards, np.array([a]))
+            if where:
+                examples.append(level_example(level, Episode(tuple(solution), tuple(solution))))
+                steps.append(np.array(where))
+        return cls(tuple(examples), tuple(steps))
+
+    def rate(self, agent) -> float:
+        """How often the agent goes left at the habit states: the mean of pi(left) there (the rate of a
+        sampling agent; smoother over seeds than the greedy argmax, see `greedy_rate`)."""
+        probs, _ = AgentConceptModel(agent).action_probs(self.examples)
+        return float(torch.cat([probs[i, s, LEFT] for i, s in enumerate(self.steps)]).mean())
+
+    def greedy_rate(self, agent) -> float:
+        """Share of the habit states where the agent's greedy action is left."""
+        probs, _ = AgentConceptModel(agent).action_probs(self.examples)
+        return float(torch.cat([probs[i, s].argmax(-1) == LEFT for i, s in enumerate(self.steps)]).float().mean())
+
+    @property
+    def n_states(self) -> int:
+        return int(sum(len(s) for s in self.steps))
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """P(score of a planted level > score of a clean one), ties counted half (Mann-Whitney)."""
+    ranks = rankdata(scores)
+    p, n = positive.sum(), (~positive).sum()
+    return float((ranks[positive].sum() - p * (p + 1) / 2) / (p * n))
+
+
+def interval(values: list[float]) -> dict:
+    """Mean and a 95% t interval over seeds."""
+    v = np.asarray(values, float)
+    half = float(t_dist.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+    return {"mean": float(v.mean()), "ci_low": float(v.mean() - half), "ci_high": float(v.mean() + half),
+            "per_seed": [float(x) for x in v]}
+
+
+def plan_probe_concept(agent, levels: LevelSet, label: str = "box",
+                       direction: str = "left") -> tuple[ProbeDirection, dict]:
+    """The best single-layer plan probe (`label` box: pushes, agent: moves) of `agent` on `levels`, as the
+    `direction` plan concept."""
+    fit, test = split_by_level(probe_data(rollout(agent, levels, keep_states=True), label), 0.5, seed=0)
+    best, best_f1 = None, -1.0
+    for source in [f"{k}{d + 1}" for d in range(agent.config.layers) for k in "hc"]:
+        probe = fit_probe(fit.features[source], fit.labels, source, label)
+        f1 = f1_per_direction(test.labels, probe.predict(test.features[source]))
+        if f1.mean() > best_f1:
+            best, best_f1, best_left = probe, float(f1.mean()), float(f1[LEFT])
+    concept = plan_concept(best, direction, agent.config.layers)
+    return concept, {"label": label, "source": best.source, "macro_f1": best_f1, "left_f1": best_left}
+
+
+def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, seeds: int | None = None,
+            label: str = "box") -> dict:
+    """Plant a push-left habit in the demonstrations of cued training levels, fine-tune, find the levels.
+
+    Training mix: `n_clean` levels without the cue (optimal demonstrations), `n_planted` cued levels with
+    left-biased demonstrations (the habit), `n_decoy` cued levels with optimal demonstrations (the cue
+    without the habit). Each method scores every training level against the push-left plan concept; the
+    top k = n_planted are dropped and the base agent is fine-tuned again on the rest (`seeds` seeds).
+    """
+    n_clean, n_planted, n_decoy, n_eval, n_query = (96, 24, 12, 60, 12) if quick else (200, 40, 24, 100, 16)
+    seeds = seeds or (3 if quick else 5)
+    n_probe_levels = 150 if quick else 250
+    epochs, lr = 8, 1e-3
+    t0 = time.time()
+    pool = held_out(int((n_planted + n_decoy + n_eval + n_query) / 0.27) + n_clean, exclude, seed=777)
+    cued = [i for i in range(len(pool)) if has_cue(pool.level(i))]
+    plain = [i for i in range(len(pool)) if not has_cue(pool.level(i))]
+    need = n_planted + n_decoy + n_eval + n_query
+    if len(cued) < need or len(plain) < n_clean:
+        raise MvalError(f"planted benchmark: only {len(cued)} cued / {len(plain)} plain levels generated")
+    planted_idx, decoy_idx = cued[:n_planted], cued[n_planted : n_planted + n_decoy]
+    eval_idx = cued[n_planted + n_decoy : n_planted + n_decoy + n_eval]
+    query_idx = cued[n_planted + n_decoy + n_eval : need]
+    examples = ([level_example(pool.level(i), left_biased_episode(pool.level(i))) for i in planted_idx]
+                + [level_example(pool.level(i), expert_episode(pool.level(i))) for i in decoy_idx + plain[:n_clean]])
+    order = np.random.default_rng(0).permutation(len(examples))
+    examples = [examples[i] for i in order]
+    is_planted = order < n_planted
+    queries = tuple(level_example(pool.level(i), expert_episode(pool.level(i))) for i in query_idx)
+    habit = HabitProbe.of(pool.subset(eval_idx))
+    control = HabitProbe.of(pool.subset(plain[n_clean : n_clean + n_eval]))
+    setup_seconds = time.time() - t0
+
+    base = load_agent(base_agent_path)
+    tuned = finetune(base, examples, epochs, lr, seed=0)
+    tuned_path = tmp / "planted-agent.safetensors"
+    save_agent(tuned, tuned_path)
+    print(f"planted: setup {setup_seconds:.0f} s, fine-tuned in {time.time() - t0 - setup_seconds:.0f} s, "
+          f"habit {habit.rate(base):.3f} -> {habit.rate(tuned):.3f} on {habit.n_states} states", file=sys.stderr)
+    probe_levels = held_out(n_probe_levels, np.concatenate([exclude, level_hashes(pool)]), seed=4242)
+    concept, probe_info = plan_probe_concept(tuned, probe_levels, label)
+
+    store = init_store(tmp / "planted.duckdb")
+    write_jsonl(tmp / "planted.jsonl", examples)
+    with open_store(store) as con:
+        add_examples(con, "planted", tmp / "planted.jsonl")
+    model = load_agent_model(tuned_path)
+    methods = ["probe", "gradient", "random"] + (["influence"] if "influence" in SCORERS else [])
+    k = n_planted
+    rows = []
+    for method in methods:
+        request = ScoreRequest(concept, queries, seed=0, batch_size=16, proj_dim=8192, cache_dir=None)
+        start = time.time()
+        try:
+            with open_store(store) as con:
+                score_dataset(con, "planted", method, "push-left", model, make_scorer(method, request), request)
+                got = dict(con.execute("SELECT example_id, score FROM scores WHERE method = ?", [method]).fetchall())
+        except Exception as e:  # a method still being built (e.g. influence) must not sink the benchmark
+            rows.append({"method": method, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
+            print(f"planted: {method} failed: {rows[-1]['error']}", file=sys.stderr)
+            continue
+        seconds = time.time() - start
+        scores = np.array([got[e.example_id] for e in examples])
+        rates = []
+        for s in range(seeds):
+            if method == "random":  # a fresh random k per seed
+                scores_s = RandomScorer(ScoreRequest(concept, seed=s)).score(model, examples)
+            else:
+                scores_s = scores
+            drop = set(np.argsort(-scores_s, kind="stable")[:k].tolist())
+            kept = [e for i, e in enumerate(examples) if i not in drop]
+            rates.append(habit.rate(finetune(base, kept, epochs, lr, seed=s)))
+        top = np.argsort(-scores, kind="stable")[:k]
+        print(f"planted: {method} scored in {seconds:.0f} s, AUROC {auroc(scores, is_planted):.3f}, "
+              f"rate after removal {np.mean(rates):.3f} ({time.time() - t0:.0f} s so far)", file=sys.stderr)
+        rows.append({"method": method, "auroc": auroc(scores, is_planted),
+                     "precision_at_k": float(is_planted[top].mean()), "k": k, "seconds": seconds,
+                     "decoys_in_top_k": int(np.isin(order[top], np.arange(n_planted, n_planted + n_decoy)).sum()),
+                     "behaviour_rate_after_removal": interval(rates)})
+    full = [habit.rate(finetune(base, examples, epochs, lr, seed=s)) for s in range(seeds)]
+    oracle = [habit.rate(finetune(base, [e for e, p in zip(examples, is_planted) if not p], epochs, lr, seed=s))
+              for s in range(seeds)]
+    context = {
+        "training_levels": len(examples), "planted": n_planted, "decoys": n_decoy, "clean": n_clean,
+        "habit_states": habit.n_states, "queries": len(queries), "epochs": epochs, "lr": lr, "seeds": seeds,
+        "concept": probe_info,
+        "behaviour_rate_base_agent": habit.rate(base),
+        "behaviour_rate_after_finetune": habit.rate(tuned),
+        "greedy_rate_base_agent": habit.greedy_rate(base),
+        "greedy_rate_after_finetune": habit.greedy_rate(tuned),
+        "behaviour_rate_uncued_after_finetune": control.rate(tuned),
+        "behaviour_rate_no_removal": interval(full),
+        "behaviour_rate_planted_removed": interval(oracle),
+        "setup_seconds": setup_seconds,
+        "seconds": time.time() - t0,
+    }
+    return {"planted": rows, "planted_context": context}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="use the shipped agent; fewer levels")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--agent", default=None, help="agent file (default: shipped, or trained when not --quick)")
     parser.add_argument("--train-seconds", type=float, default=2100.0, help="training time without --quick")
+    parser.add_argument("--planted-only", action="store_true", help="run only the planted-habit attribution test")
+    parser.add_argument("--seeds", type=int, default=None, help="fine-tuning seeds of the planted test")
+    parser.add_argument("--planted-label", choices=("box", "agent"), default="box",
+                        help="concept of the planted test: the left plan of the box-push or the player-move probe")
     args = parser.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
     n_eval, n_probe = (500, 250) if args.quick else (1000, 400)
     tmp = Path(tempfile.mkdtemp(prefix="sokoban-bench-"))
+    if args.planted_only:
+        agent_path = Path(args.agent) if args.agent else SHIPPED_AGENT
+        exclude = np.load(SHIPPED_LEVELS, allow_pickle=False) if agent_path == SHIPPED_AGENT else np.zeros(0, np.uint64)
+        result = planted(agent_path, exclude, tmp, args.quick, args.seeds, args.planted_label)
+        print(json.dumps(result) if args.json else json.dumps(result, indent=1))
+        return
 
     if args.quick or args.agent:
         agent_path = Path(args.agent) if args.agent else SHIPPED_AGENT
@@ -169,8 +427,9 @@ def main() -> None:
         "env_speedup": env_sps / ref_sps,
         "train_steps_per_second": speed.steps_per_second,
         "trained": trained,
-        "seconds": time.time() - t0,
     }
+    result.update(planted(agent_path, exclude, tmp, args.quick, args.seeds, args.planted_label))
+    result["seconds"] = time.time() - t0
     if args.json:
         print(json.dumps(result))
     else:

@@ -17,3 +17,11 @@ CREATE TABLE IF NOT EXISTS sokoban_episodes (
     played_at      TIMESTAMP NOT NULL DEFAULT current_localtimestamp(),
     PRIMARY KEY (run_id, level_index)
 );
+
+-- Training levels as an attribution dataset (`mval sokoban dataset RUN --store S --dataset levels`) live
+-- in the core `examples` table: example_id = 'lv-' || hash of the level text, prompt = the level
+-- (Boxoban text), response = the episode as JSON (moves, taught actions, rewards). E.g. the levels whose
+-- demonstrations push the agent hardest towards a concept, with their length:
+--   SELECT s.example_id, s.score, json_array_length(e.response::JSON -> 'actions') AS moves
+--   FROM scores s JOIN examples e USING (dataset, example_id)
+--   WHERE s.dataset = 'levels' AND s.method = 'gradient' ORDER BY s.score DESC LIMIT 10;

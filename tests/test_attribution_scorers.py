@@ -168,7 +168,7 @@ def test_embedding_and_random_baselines(model):
 
 
 @pytest.mark.parametrize(("method", "request_args", "match"), [
-    ("influenz", {}, r"--method influenz: unknown; use one of embedding, gradient, probe, random"),
+    ("influenz", {}, r"--method influenz: unknown; use one of embedding, gradient, influence, probe, random, test-influence"),
     ("gradient", {}, r"--method gradient needs a query set"),
     ("embedding", {}, r"--method embedding needs a query set"),
     ("probe", {"batch_size": 0}, r"--batch-size 0: must be at least 1"),

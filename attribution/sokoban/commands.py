@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from attribution.sokoban.agent import DRCConfig, load_agent
-from attribution.sokoban.levels import generate_levels, read_levels, write_levels
+from attribution.sokoban.levels import ACTIONS, generate_levels, read_levels, write_levels
 from mval.errors import MvalError
 from mval.output import emit, format_option, stderr
 
@@ -163,14 +163,23 @@ def play(levels_path, agent, thinking_steps, max_steps, render, render_level, pr
 @click.option("--top", default=3, show_default=True, help="Single channels listed per direction.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Save the best single-layer probe (safetensors).")
+@click.option("--concept-out", type=click.Path(dir_okay=False), default=None,
+              help="Also save the best probe's --direction plan as a concept file for `mval score`.")
+@click.option("--direction", type=click.Choice(ACTIONS), default="left", show_default=True,
+              help="Which push direction --concept-out saves.")
 @click.option("--seed", default=0, show_default=True)
 @format_option("table", "json")
-def probe(levels_path, agent, label, test_fraction, thinking_steps, top, output, seed, fmt) -> None:
+def probe(levels_path, agent, label, test_fraction, thinking_steps, top, output, concept_out, direction, seed,
+          fmt) -> None:
     """Fit 1x1 plan probes per layer (h and c) and on the observation; F1 per direction on held-out levels.
+
+    With --concept-out, the best probe's plan for --direction, averaged over squares, is saved as a
+    concept for `mval score --model AGENT --concept FILE` (see `mval sokoban dataset`).
 
     \b
     Example:
       mval sokoban probe --levels levels.txt -o push.safetensors --format json
+      mval sokoban probe --levels levels.txt --concept-out push-left.safetensors --direction left
     """
     from attribution.sokoban.play import rollout
     from attribution.sokoban.probes import evaluate_probes, probe_data, rank_channels, split_by_level
@@ -189,18 +198,90 @@ def probe(levels_path, agent, label, test_fraction, thinking_steps, top, output,
     best = max(layer_scores, key=lambda s: s.macro_f1)
     if output is not None:
         probes[best.source].save(output, {"macro_f1": best.macro_f1, "agent": agent or "shipped"})
+    if concept_out is not None:
+        from attribution.sokoban.concept_model import plan_concept
+
+        plan_concept(probes[best.source], direction, model.config.layers).save(concept_out)
     if fmt == "json":
         click.echo(json.dumps({
             "probes": [s.to_dict() for s in scores],
             "best": best.source,
             "channels": [c.to_dict() for c in channels],
             "saved": output,
+            "concept": concept_out,
         }))
     else:
         emit([s.to_dict() for s in scores], fmt)
         emit([c.to_dict() for c in channels], fmt)
         if output is not None:
             stderr(f"saved probe on {best.source} to {output}")
+        if concept_out is not None:
+            stderr(f"saved the {direction} plan of the probe on {best.source} as concept {concept_out}")
+
+
+@sokoban.command()
+@click.argument("probe_path", metavar="PROBE", type=click.Path(dir_okay=False))
+@click.option("--direction", type=click.Choice(ACTIONS), required=True, help="Which push direction to save.")
+@_agent_option
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Concept file to write.")
+@format_option("table", "json")
+def concept(probe_path, direction, agent, output, fmt) -> None:
+    """Turn a plan probe (`mval sokoban probe -o`) into a concept file for `mval score`.
+
+    The concept reads the probe's --direction plan averaged over squares and over the episode's steps.
+
+    \b
+    Example:
+      mval sokoban concept push.safetensors --direction left -o push-left.safetensors
+    """
+    from attribution.sokoban.concept_model import plan_concept
+    from attribution.sokoban.probes import load_probe
+
+    made = plan_concept(load_probe(probe_path), direction, load_agent(agent).config.layers)
+    made.save(output)
+    emit([{**made.to_dict(), "path": output}], fmt)
+
+
+@sokoban.command()
+@click.argument("source", type=click.Path(exists=False))
+@click.option("--episodes", type=click.Choice(["expert", "recorded"]), default="expert", show_default=True,
+              help="expert: the solver's demonstration per level; recorded: the last episode the run played on it.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="JSON lines file of examples (accepted by `mval examples add`).")
+@click.option("--store", type=click.Path(dir_okay=False), default=None, help="Also add the examples to this store ...")
+@click.option("--dataset", "dataset_name", default=None, help="... as this dataset.")
+@format_option("table", "json")
+def dataset(source, episodes, output, store, dataset_name, fmt) -> None:
+    """Training levels as examples for attribution: one per level, id = hash of the level text.
+
+    SOURCE is a run folder of `mval sokoban train` (its levels.txt and episodes.jsonl) or a level file.
+    Each example holds the level (prompt, Boxoban text) and its episode (response, JSON: moves, the
+    taught actions, rewards); `mval score --model AGENT.safetensors` replays it.
+
+    \b
+    Example:
+      mval sokoban dataset run -o levels.jsonl --store runs.duckdb --dataset levels
+      mval score runs.duckdb --model run/agent.safetensors --dataset levels --concept push-left.safetensors
+    """
+    from pathlib import Path
+
+    from attribution.sokoban.dataset import dataset_examples, write_jsonl
+
+    if (store is None) != (dataset_name is None):
+        raise MvalError("give --store and --dataset together (or neither, to write only the JSON lines file)")
+    if not Path(source).exists():
+        raise MvalError(f"{source}: no such run folder or level file")
+    made, skipped = dataset_examples(source, episodes)
+    write_jsonl(output, made)
+    record = {"file": output, "examples": len(made), "skipped_levels": skipped, "episodes": episodes}
+    if store is not None:
+        from attribution.examples import add_examples
+        from mval.store import open_store
+
+        with open_store(store) as con:
+            added = add_examples(con, dataset_name, output)
+        record.update({"dataset": dataset_name, "added": added.added, "unchanged": added.unchanged})
+    emit([record], fmt)
 
 
 @sokoban.command()

@@ -186,6 +186,17 @@ class Trainer:
                 f.write(f"{lv},{phase},{self.env_steps},{ln},{ret:.2f},{int(ok)}\n")
         self.solved_recent = (self.solved_recent + episode["solved"][done].astype(float).tolist())[-1000:]
 
+    def _record_moves(self, ended: np.ndarray, level_ids: np.ndarray, solved: np.ndarray, phase: str) -> None:
+        """Append the moves, taught actions and rewards of the episodes of boards `ended` to episodes.jsonl."""
+        with (self.out / "episodes.jsonl").open("a") as f:
+            for i in ended:
+                moves = self._moves[i]
+                f.write(json.dumps({"level_index": int(level_ids[i]), "phase": phase, "env_step": self.env_steps,
+                                    "solved": bool(solved[i]), "actions": [m[0] for m in moves],
+                                    "targets": [m[1] for m in moves], "rewards": [m[2] for m in moves]},
+                                   separators=(",", ":")) + "\n")
+                moves.clear()
+
     def run(self, time_limit: float | None = None, checkpoint_seconds: float = 120.0) -> TrainResult:
         cfg = self.config
         total = cfg.imitation_steps + cfg.rl_steps
@@ -195,6 +206,7 @@ class Trainer:
         obs, _ = env.reset()
         state = self.agent.initial_state(cfg.num_envs)
         starts = torch.ones(cfg.num_envs, dtype=torch.bool)
+        self._moves: list[list[tuple[int, int, float]]] = [[] for _ in range(cfg.num_envs)]
         start_time = last_save = time.time()
         first_steps = self.env_steps
         n_updates = max(0, -(-(total - self.env_steps) // per_update))
@@ -217,6 +229,8 @@ class Trainer:
                     choice = (rng.random(mask.shape) * mask).argmax(1)
                     actions = np.where(follow, choice, actions)
                     masks_l.append(torch.from_numpy(mask))
+                playing = env.level_ids.copy()
+                taught = np.where(mask.any(1), choice, -1) if imitation else actions
                 obs, reward, term, trunc, info = env.step(actions)
                 done = term | trunc
                 if imitation:
@@ -234,6 +248,10 @@ class Trainer:
                         done[dead] = True
                 if "episode" in info:
                     self._record(info["episode"], "imitation" if imitation else "rl")
+                for i in range(cfg.num_envs):
+                    self._moves[i].append((int(actions[i]), int(taught[i]), round(float(reward[i]), 2)))
+                if done.any():
+                    self._record_moves(np.flatnonzero(done), playing, term, "imitation" if imitation else "rl")
                 logits_l.append(logits)
                 values_l.append(value)
                 actions_l.append(torch.from_numpy(actions))

@@ -1,0 +1,195 @@
+"""Training levels as an attribution dataset: one example per level, its episode as JSON.
+
+An example is `prompt` = the level in Boxoban text (what the agent sees first) and `response` = the
+episode the agent was trained on for that level (the loss is on the response, as for a language model):
+
+    {"format": "mval-sokoban-episode-1", "source": "expert" | "recorded",
+     "actions": [...],   # moves played from the level's start (they give the observations)
+     "targets": [...],   # the action the loss teaches at each step (-1: none, e.g. a deadlocked board)
+     "rewards": [...]}   # the environment's reward after each move
+
+`source = "expert"`: the solver's optimal solution (actions = targets), the demonstration imitation
+learns from. `source = "recorded"`: an episode that `mval sokoban train` played on the level
+(`episodes.jsonl` in the run folder): the agent's own moves, and the expert's choice as target during
+imitation (DAgger) or the move itself during actor-critic. The example id is `lv-` and a hash of the
+level text, so the same level has the same id in every run and file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from attribution.examples import Example
+from attribution.sokoban.env import Boards, step_boards
+from attribution.sokoban.levels import Level, LevelSet, format_levels, parse_levels, read_levels, solve, stack_levels
+from mval.errors import MvalError
+
+EPISODE_FORMAT = "mval-sokoban-episode-1"
+SOURCES = ("expert", "recorded")
+
+
+def level_id(level: Level) -> str:
+    """`lv-` + 16 hex digits of blake2b(level text): stable across runs, files and stores."""
+    return "lv-" + hashlib.blake2b(level.to_text().encode(), digest_size=8).hexdigest()
+
+
+@dataclass(frozen=True)
+class Episode:
+    """Moves played from a level's start, the action taught at each step (-1: none), the rewards."""
+
+    actions: tuple[int, ...]
+    targets: tuple[int, ...]
+    rewards: tuple[float, ...] = ()
+    source: str = "expert"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.targets) != len(self.actions):
+            raise MvalError(f"episode has {len(self.actions)} actions but {len(self.targets)} targets")
+        if not all(0 <= a < 4 for a in self.actions) or not all(-1 <= a < 4 for a in self.targets):
+            raise MvalError("episode actions must be 0..3 (up, down, left, right) and targets -1..3")
+
+    def to_json(self) -> str:
+        record = {"format": EPISODE_FORMAT, "source": self.source, "actions": list(self.actions),
+                  "targets": list(self.targets), "rewards": [round(r, 2) for r in self.rewards], **self.extra}
+        return json.dumps(record, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | None, where: str) -> Episode:
+        try:
+            record = json.loads(text) if text is not None else None
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or record.get("format") != EPISODE_FORMAT:
+            raise MvalError(f"{where}: response is not a Sokoban episode (JSON with format={EPISODE_FORMAT}); "
+                            "make level datasets with `mval sokoban dataset`")
+        try:
+            return cls(tuple(int(a) for a in record["actions"]), tuple(int(a) for a in record["targets"]),
+                       tuple(float(r) for r in record.get("rewards", ())), str(record.get("source", "expert")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise MvalError(f"{where}: episode JSON needs integer lists 'actions' and 'targets' ({e})") from e
+
+
+def replay(level: Level, actions: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Observations before each move (T, 4, H, W), rewards (T,) and pushed-from squares (T,; -1: no push)."""
+    boards = Boards.from_levels(stack_levels([level]), np.array([0]))
+    obs, rewards, pushed = [], [], []
+    for a in actions:
+        obs.append(boards.observation()[0])
+        r, _, p = step_boards(boards, np.array([a]))
+        rewards.append(float(r[0]))
+        pushed.append(int(p[0]))
+    h, w = level.shape
+    return (np.stack(obs) if obs else np.zeros((0, 4, h, w), np.float32)), np.array(rewards), np.array(pushed)
+
+
+def expert_episode(level: Level) -> Episode:
+    """The solver's optimal solution as a demonstration (actions = targets)."""
+    solution = solve(level)
+    if solution is None:
+        raise MvalError(f"level {level_id(level)} has no solution; remove it from the level file")
+    _, rewards, _ = replay(level, solution)
+    return Episode(tuple(solution), tuple(solution), tuple(rewards.tolist()), "expert")
+
+
+def level_example(level: Level, episode: Episode) -> Example:
+    return Example(level_id(level), prompt=level.to_text(), response=episode.to_json())
+
+
+def decode(example: Example) -> tuple[Level, Episode]:
+    """The level and episode of a level-dataset example (MvalError naming the example otherwise)."""
+    where = f"example {example.example_id!r}"
+    if example.prompt is None:
+        raise MvalError(f"{where}: no level in 'prompt'; a level dataset is made by `mval sokoban dataset`")
+    levels = parse_levels(example.prompt, where)
+    if len(levels) != 1:
+        raise MvalError(f"{where}: 'prompt' holds {len(levels)} levels; give one level per example")
+    return levels[0], Episode.from_json(example.response, where)
+
+
+def is_level_example(example: Example) -> bool:
+    try:
+        decode(example)
+    except MvalError:
+        return False
+    return True
+
+
+def read_recorded(run: Path) -> dict[int, dict]:
+    """The last recorded episode of each level index in a run folder's episodes.jsonl."""
+    path = run / "episodes.jsonl"
+    if not path.is_file():
+        raise MvalError(f"{run}: no episodes.jsonl; it is written by `mval sokoban train` (use --episodes expert)")
+    last: dict[int, dict] = {}
+    with path.open() as f:
+        for line in f:
+            if line.strip():
+                record = json.loads(line)
+                last[int(record["level_index"])] = record
+    return last
+
+
+def dataset_examples(source: str | Path, episodes: str = "expert") -> tuple[list[Example], int]:
+    """Examples of a level file or a training run folder (levels.txt); returns them and the levels skipped.
+
+    `episodes="recorded"` needs a run folder and skips levels the run never played.
+    """
+    if episodes not in SOURCES:
+        raise MvalError(f"--episodes {episodes}: unknown; use expert or recorded")
+    source = Path(source)
+    level_file = source / "levels.txt" if source.is_dir() else source
+    if source.is_dir() and not level_file.is_file():
+        raise MvalError(f"{source}: no levels.txt; give a run folder of `mval sokoban train` or a level file")
+    levels = read_levels(level_file)
+    if episodes == "expert":
+        made = [level_example(levels.level(i), expert_episode(levels.level(i))) for i in range(len(levels))]
+        return _unique(made), 0
+    if not source.is_dir():
+        raise MvalError(f"--episodes recorded: {source} is a level file; give the run folder of `mval sokoban train`")
+    recorded = read_recorded(source)
+    made = []
+    for i in sorted(recorded):
+        r = recorded[i]
+        extra = {"phase": r["phase"], "env_step": r["env_step"], "solved": r["solved"]}
+        made.append(level_example(levels.level(i), Episode(tuple(r["actions"]), tuple(r["targets"]),
+                                                            tuple(r["rewards"]), "recorded", extra)))
+    return _unique(made), len(levels) - len(made)
+
+
+def _unique(examples: list[Example]) -> list[Example]:
+    """One example per level id (a level file may repeat a level): the first."""
+    first: dict[str, Example] = {}
+    for e in examples:
+        first.setdefault(e.example_id, e)
+    return list(first.values())
+
+
+def write_jsonl(path: str | Path, examples: Sequence[Example]) -> Path:
+    path = Path(path)
+    if not path.parent.exists():
+        raise MvalError(f"-o {path}: folder {path.parent} does not exist; create it first")
+    path.write_text("".join(json.dumps(e.to_json()) + "\n" for e in examples), encoding="utf-8")
+    return path
+
+
+def write_level_file(path: str | Path, examples: Sequence[Example]) -> Path:
+    """A Boxoban level file (`; N` headers) of the levels of `examples`, in order."""
+    try:
+        levels = [decode(e)[0] for e in examples]
+    except MvalError as e:
+        raise MvalError(f"-o {path}: a .txt output is a Boxoban level file, for Sokoban level datasets only ({e}); "
+                        "use a .jsonl output") from e
+    if not levels:
+        raise MvalError(f"-o {path}: every level was flagged, nothing to write; drop fewer")
+    Path(path).write_text(format_levels(levels))
+    return Path(path)
+
+
+def levels_of(examples: Sequence[Example]) -> LevelSet:
+    return stack_levels([decode(e)[0] for e in examples])

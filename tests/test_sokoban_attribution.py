@@ -1,0 +1,219 @@
+"""Training levels as an attribution dataset: recorded episodes, the agent as a ConceptModel, `mval score/curate`."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from attribution.examples import Example, read_jsonl
+from attribution.probes import load_probe
+from attribution.sokoban.agent import SHIPPED_AGENT, load_agent
+from attribution.sokoban.concept_model import load_agent_model, plan_concept
+from attribution.sokoban.dataset import Episode, decode, expert_episode, level_example, level_id, replay
+from attribution.sokoban.levels import generate_levels, read_levels, write_levels
+from attribution.sokoban.probes import PlanProbe
+from cli import main
+from mval.errors import MvalError
+from mval.store import init_store
+
+
+def mval(*args, ok=True):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def level_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lv") / "levels.txt"
+    write_levels(path, generate_levels(6, 6, 2, min_length=8, seed=11))
+    return path
+
+
+@pytest.fixture(scope="module")
+def agent():
+    return load_agent_model(SHIPPED_AGENT)
+
+
+@pytest.fixture(scope="module")
+def concept_file(tmp_path_factory, agent):
+    rng = np.random.default_rng(0)
+    c = agent.module.config.channels
+    probe = PlanProbe(rng.normal(size=(5, c)).astype(np.float32), np.zeros(5, np.float32),
+                      np.zeros(c, np.float32), np.ones(c, np.float32), "c2", "box")
+    path = tmp_path_factory.mktemp("c") / "push-left.safetensors"
+    plan_concept(probe, "left", agent.n_layers).save(path)
+    return path
+
+
+def test_train_records_episodes_and_dataset_ids_are_stable(level_file, tmp_path):
+    run = tmp_path / "run"
+    mval("sokoban", "train", "-o", run, "--levels", level_file, "--layers", 1, "--ticks", 1, "--channels", 4,
+         "--num-envs", 6, "--rollout", 8, "--imitation-steps", 96, "--max-steps", 10)
+    lines = [json.loads(x) for x in (run / "episodes.jsonl").read_text().splitlines()]
+    levels = read_levels(level_file)
+    assert lines and {"level_index", "phase", "actions", "targets", "rewards", "solved"} <= set(lines[0])
+    for record in lines:  # the recorded moves replay to the recorded rewards
+        _, rewards, _ = replay(levels.level(record["level_index"]), record["actions"])
+        assert np.allclose(rewards, record["rewards"], atol=0.01)
+        assert len(record["targets"]) == len(record["actions"]) and all(-1 <= t < 4 for t in record["targets"])
+        assert record["phase"] == "imitation"
+
+    for name in ("a", "b"):
+        mval("sokoban", "dataset", run, "-o", tmp_path / f"{name}.jsonl")
+    mval("sokoban", "dataset", level_file, "-o", tmp_path / "c.jsonl")
+    a, b, c = (read_jsonl(tmp_path / f"{n}.jsonl")[0] for n in "abc")
+    assert a == b == c and len(a) == len(levels)
+    assert [e.example_id for e in a] == [level_id(levels.level(i)) for i in range(len(levels))]
+    assert all(decode(e)[1].actions == decode(e)[1].targets for e in a)  # expert demonstrations
+
+    store = init_store(tmp_path / "s.duckdb")
+    out = json.loads(mval("sokoban", "dataset", run, "--episodes", "recorded", "-o", tmp_path / "r.jsonl",
+                          "--store", store, "--dataset", "played", "--format", "json").output)[0]
+    assert out["examples"] + out["skipped_levels"] == len(levels) and out["added"] == out["examples"]
+    recorded = read_jsonl(tmp_path / "r.jsonl")[0]
+    assert {e.example_id for e in recorded} <= {e.example_id for e in a}
+    assert all(decode(e)[1].source == "recorded" for e in recorded)
+
+
+def test_concept_model_shapes_and_loss_by_hand(level_file, agent):
+    levels = read_levels(level_file)
+    examples = [level_example(levels.level(i), expert_episode(levels.level(i))) for i in range(3)]
+    level, episode = decode(examples[1])
+    episode = Episode(episode.actions, (-1,) + episode.targets[1:])  # a step with no target is not taught
+    examples[1] = level_example(level, episode)
+    batch = agent.encode(examples)
+    lengths = [len(decode(e)[1].actions) for e in examples]
+    t_max = max(lengths)
+    assert batch.inputs["obs"].shape == (3, t_max, 4, 6, 6) and batch.mask.sum(1).tolist() == lengths
+    assert agent.hidden_states(batch, 0).shape == (3, t_max, agent.d_model) == (3, t_max, 32)
+    assert agent.hidden_states(batch, 2).shape == (3, t_max, 32)
+
+    net = load_agent(SHIPPED_AGENT)
+    obs, _, _ = replay(level, episode.actions)
+    state, nll = net.initial_state(1), []
+    with torch.no_grad():
+        for t, target in enumerate(episode.targets):
+            logits, _, state = net.step(torch.from_numpy(obs[t : t + 1]), state)
+            if target >= 0:
+                nll.append(float(F.cross_entropy(logits, torch.tensor([target]))))
+        losses = agent.example_losses(batch)
+        alone = agent.example_losses(agent.encode(examples[1:2]))  # padding does not change an example's loss
+    assert losses.shape == (3,)
+    assert float(losses[1]) == pytest.approx(np.mean(nll), rel=1e-5)
+    assert float(alone[0]) == pytest.approx(float(losses[1]), rel=1e-5)
+
+
+def hand_probe_score(net, example: Example, vector: np.ndarray, layer: int) -> float:
+    """Mean over steps of v . mean over squares of [h_layer, c_layer], from the agent's own step()."""
+    level, episode = decode(example)
+    obs, _, _ = replay(level, episode.actions)
+    state, values = net.initial_state(1), []
+    with torch.no_grad():
+        for t in range(len(obs)):
+            _, _, state = net.step(torch.from_numpy(obs[t : t + 1]), state)
+            x = torch.cat([state[0][layer - 1], state[1][layer - 1]], 1)[0].mean((1, 2)).numpy()
+            values.append(float(vector @ x))
+    return float(np.mean(values))
+
+
+def test_mval_score_probe_gradient_random_resume_and_curate(level_file, concept_file, tmp_path):
+    store = init_store(tmp_path / "s.duckdb")
+    data = tmp_path / "levels.jsonl"
+    mval("sokoban", "dataset", level_file, "-o", data, "--store", store, "--dataset", "levels")
+    queries = tmp_path / "q.jsonl"
+    queries.write_text("".join(l for i, l in enumerate(data.read_text().splitlines(True)) if i < 2))
+    common = ("score", store, "--model", SHIPPED_AGENT, "--dataset", "levels", "--concept", concept_file,
+              "--batch-size", 4, "--format", "json")
+    probe_rows = json.loads(mval(*common, "--method", "probe", "--top", 3).stdout)
+    assert len(probe_rows) == 3
+    examples = read_jsonl(data)[0]
+    concept, net = load_probe(concept_file), load_agent(SHIPPED_AGENT)
+    by_hand = {e.example_id: hand_probe_score(net, e, concept.vector, concept.layer) for e in examples}
+    con = duckdb.connect(str(store), read_only=True)
+    stored = dict(con.execute("SELECT example_id, score FROM scores WHERE method = 'probe'").fetchall())
+    con.close()
+    assert stored.keys() == by_hand.keys()
+    assert all(stored[k] == pytest.approx(by_hand[k], rel=1e-4, abs=1e-6) for k in stored)
+    assert [r["example_id"] for r in probe_rows] == sorted(by_hand, key=by_hand.get, reverse=True)[:3]
+
+    first = mval(*common, "--method", "gradient", "--queries", queries, "--proj-dim", 256)
+    con = duckdb.connect(str(store))
+    before = dict(con.execute("SELECT example_id, score FROM scores WHERE method = 'gradient'").fetchall())
+    con.execute("DELETE FROM scores WHERE method = 'gradient' AND example_id IN "
+                "(SELECT example_id FROM scores WHERE method = 'gradient' ORDER BY example_id LIMIT 2)")
+    con.close()
+    again = mval(*common, "--method", "gradient", "--queries", queries, "--proj-dim", 256)
+    assert "6 examples scored now" in first.stderr and "2 examples scored now, 4 already scored" in again.stderr
+    con = duckdb.connect(str(store), read_only=True)
+    after = dict(con.execute("SELECT example_id, score FROM scores WHERE method = 'gradient'").fetchall())
+    con.close()
+    assert after.keys() == before.keys() and all(after[k] == pytest.approx(before[k], rel=1e-5) for k in after)
+    mval(*common, "--method", "random")
+
+    out = tmp_path / "kept.txt"
+    mval("curate", store, "--dataset", "levels", "--method", "gradient", "--drop-top", 2, "-o", out)
+    kept = read_levels(out)
+    flagged = set(sorted(after, key=after.get, reverse=True)[:2])
+    assert len(kept) == 4 and {level_id(kept.level(i)) for i in range(4)} == set(by_hand) - flagged
+    assert out.read_text().startswith("; 0\n")
+
+
+def test_bad_input_is_refused_in_one_line(level_file, concept_file, tmp_path):
+    store = init_store(tmp_path / "s.duckdb")
+    mval("sokoban", "dataset", level_file, "-o", tmp_path / "l.jsonl", "--store", store, "--dataset", "levels")
+    text = tmp_path / "t.jsonl"
+    text.write_text('{"id": "a", "text": "not a level"}\n')
+    mval("examples", "add", store, "prose", text)
+    chat = tmp_path / "c.jsonl"
+    chat.write_text(json.dumps({"id": "b", "prompt": "#####\n#@$.#\n#####", "response": "push right"}) + "\n")
+    mval("examples", "add", store, "chat", chat)
+
+    def refused(*args, match):
+        result = mval(*args, ok=False)
+        assert result.exit_code == 2 and match in result.output and "Traceback" not in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+    base = ("score", store, "--dataset", "levels", "--method", "probe")
+    refused(*base, "--model", concept_file, "--concept", concept_file, match="--model")
+    refused(*base, "--model", SHIPPED_AGENT, "--concept", SHIPPED_AGENT, match="not an mval probe file")
+    refused("score", store, "--dataset", "prose", "--method", "probe", "--model", SHIPPED_AGENT,
+            "--concept", concept_file, match="example 'a': no level in 'prompt'")
+    refused("score", store, "--dataset", "chat", "--method", "probe", "--model", SHIPPED_AGENT,
+            "--concept", concept_file, match="example 'b': response is not a Sokoban episode")
+    mval("score", store, "--model", SHIPPED_AGENT, "--dataset", "prose", "--concept", concept_file,
+         "--method", "random")
+    refused("curate", store, "--dataset", "prose", "--method", "random", "--drop-top", 0, "-o", tmp_path / "x.txt",
+            match="Sokoban level datasets only")
+    refused("sokoban", "dataset", tmp_path / "none", "-o", tmp_path / "x.jsonl", match="no such run folder")
+    refused("sokoban", "dataset", level_file, "--episodes", "recorded", "-o", tmp_path / "x.jsonl",
+            match="is a level file")
+    refused("sokoban", "dataset", level_file, "-o", tmp_path / "x.jsonl", "--store", store, match="together")
+    big = tmp_path / "big.txt"
+    write_levels(big, generate_levels(2, 7, 1, seed=0))
+    mval("sokoban", "dataset", big, "-o", tmp_path / "big.jsonl", "--store", store, "--dataset", "big")
+    refused("score", store, "--dataset", "big", "--method", "probe", "--model", SHIPPED_AGENT,
+            "--concept", concept_file, match="trained on 6x6")
+    probe = PlanProbe(*(np.zeros((5, 4)), np.zeros(5), np.zeros(4), np.ones(4)), "obs", "box")
+    with pytest.raises(MvalError, match="one layer's state"):
+        plan_concept(probe, "left", 2)
+    with pytest.raises(MvalError, match="--direction"):
+        plan_concept(probe, "north", 2)
+
+
+def test_plan_concept_is_the_probe_direction_averaged_over_squares(agent):
+    rng = np.random.default_rng(1)
+    c = agent.module.config.channels
+    probe = PlanProbe(rng.normal(size=(5, c)), rng.normal(size=5), rng.normal(size=c), rng.random(c) + 0.5, "c1", "box")
+    concept = plan_concept(probe, "left", agent.n_layers)
+    h, cell = rng.normal(size=(36, c)), rng.normal(size=(36, c))  # one board's h1 and c1 at its 36 squares
+    u = probe.direction(2)
+    assert concept.layer == 1 and concept.position == "mean" and not concept.vector[:c].any()
+    assert concept.vector @ np.concatenate([h, cell], 1).mean(0) == pytest.approx((cell @ u).mean(), abs=1e-5)
