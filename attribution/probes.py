@@ -21,6 +21,7 @@ from attribution.concept import POSITIONS, activations
 from attribution.examples import Example
 from attribution.models import ConceptModel, check_layer
 from mval.errors import MvalError
+from mval.weights import read_safetensors
 
 FORMAT = "mval-probe-1"
 
@@ -59,18 +60,10 @@ class ProbeDirection:
 
 def load_probe(path: str | Path) -> ProbeDirection:
     """A `ProbeDirection` saved by `ProbeDirection.save` (safetensors: never unpickles)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MvalError(f"--concept {path}: no such file; make one with `mval probe train`")
-    try:
-        with safe_open(str(path), framework="np") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise MvalError(f"--concept {path}: not an mval probe file (no format={FORMAT} metadata); "
-                                "make one with `mval probe train` (or --direction FILE to bring a vector)")
-            vector, bias = f.get_tensor("direction"), f.get_tensor("bias")
-    except SafetensorError as e:
-        raise MvalError(f"--concept {path}: not a safetensors file ({e}); make one with `mval probe train`") from e
+    meta, t = read_safetensors(path, "probe file",
+                               "make one with `mval probe train` (or --direction FILE to bring a vector)",
+                               FORMAT, label="--concept ")
+    vector, bias = t["direction"], t["bias"]
     if meta["position"] not in POSITIONS or int(meta["d_model"]) != vector.shape[0]:
         raise MvalError(f"--concept {path}: inconsistent metadata {meta}; retrain the probe")
     accuracy = meta.get("held_out_accuracy", "None")

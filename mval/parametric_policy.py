@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import save_file
 
 from mval.design import MvalProblem, solve_exact
 from mval.errors import MvalError
+from mval.weights import read_safetensors
 
 
 @dataclass(frozen=True)
@@ -104,12 +104,8 @@ def mval_loss(cost: torch.Tensor, base: torch.Tensor, alpha: float, pi1: torch.T
 
 def load_parametric_policy(path: str | Path) -> SoftmaxPolicy:
     """Read a policy saved by `SoftmaxPolicy.save` (safetensors only: no pickled code is run)."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise MvalError(f"{path}: not a safetensors weights file ({e}); save the policy with SoftmaxPolicy.save") from e
+    meta, state = read_safetensors(path, "policy weights file", "save the policy with SoftmaxPolicy.save",
+                                   framework="pt")
     if "config" not in meta:
         raise MvalError(f"{path}: no policy config in the safetensors metadata; save it with SoftmaxPolicy.save")
     model = SoftmaxPolicy(PolicyConfig(**json.loads(meta["config"])))

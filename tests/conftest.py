@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
+from click.testing import CliRunner
 
+from attribution.examples import Example
+from attribution.models import load_hf_model
+from attribution.testbed import COLORS, HOSTILE, NOUNS, tiny_model
+from cli import main
 from mval.store import init_store
 
 
@@ -46,3 +52,26 @@ def generic_log(rows: int = 100, n_actions: int = 4, seed: int = 0) -> pl.DataFr
         "reward": rng.random(rows),
         "action_probs": np.full((rows, n_actions), 1 / n_actions).tolist(),
     })
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A tiny randomly initialised Llama-style LM (2 layers, width 16), in float64 for exact comparisons."""
+    return load_hf_model(tiny_model(tmp_path_factory.mktemp("m") / "tiny", d_model=16, n_layers=2, seed=2),
+                         dtype=torch.float64)
+
+
+def qa(n: int, seed: int) -> list[Example]:
+    """n question/answer examples whose answers mix colour and hostile words."""
+    rng = np.random.default_rng(seed)
+    return [Example(f"e{i}", f"question : what color is the {rng.choice(NOUNS)} ?",
+                    " ".join(["answer :", *rng.choice(COLORS + HOSTILE, size=rng.integers(2, 6))]))
+            for i in range(n)]
+
+
+def run_cli(*args, ok: bool = True):
+    """`mval ARGS...` in-process; with ok, assert it succeeded (the output is in the message if not)."""
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result

@@ -113,7 +113,7 @@ def test_other_refusals(model, tmp_path):
     with pytest.raises(MvalError, match=r"not an mval probe file"):
         load_probe(tmp_path / "plain.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 20)
-    with pytest.raises(MvalError, match=r"not a safetensors file"):
+    with pytest.raises(MvalError, match=r"not a safetensors probe file"):
         load_probe(tmp_path / "junk.safetensors")
     with pytest.raises(MvalError, match=r"direction has 4 dims"):
         probe_logits(model, ProbeDirection(np.ones(4, np.float32), 1, "mean"), examples)

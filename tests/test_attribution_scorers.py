@@ -9,24 +9,12 @@ import torch
 from attribution.concept import concept_score
 from attribution.examples import Example
 from attribution.gradients import CountSketch, _looped, _vmapped, flat_grad, trainable
-from attribution.models import load_hf_model
 from attribution.probes import ProbeDirection
 from attribution.scorers import ScoreRequest, make_scorer
-from attribution.testbed import COLORS, HOSTILE, NOUNS, tiny_model
+from conftest import qa
 from mval.errors import MvalError
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return load_hf_model(tiny_model(tmp_path_factory.mktemp("m") / "tiny", d_model=16, n_layers=2, seed=2),
-                         dtype=torch.float64)
-
-
-def qa(n: int, seed: int) -> list[Example]:
-    rng = np.random.default_rng(seed)
-    return [Example(f"e{i}", f"question : what color is the {rng.choice(NOUNS)} ?",
-                    " ".join(["answer :", *rng.choice(COLORS + HOSTILE, size=rng.integers(2, 6))]))
-            for i in range(n)]
 
 
 def concept(layer: int = 1, position: str = "mean", seed: int = 0) -> ProbeDirection:
@@ -160,7 +148,7 @@ def test_embedding_and_random_baselines(model):
         return model.module(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[1][0].mean(0)
 
     centroid = torch.stack([pooled(q) for q in queries]).mean(0)
-    manual = [float(torch.nn.functional.cosine_similarity(pooled(e), centroid, dim=0)) for e in examples]
+    manual = [float(torch.nn.functional.cosine_similarity(pooled(e), centroid, dim=0).detach()) for e in examples]
     assert np.allclose(emb, manual, atol=1e-8)
     random = make_scorer("random", ScoreRequest(c, seed=3))
     assert np.array_equal(random.score(model, examples)[2:], random.score(model, examples[2:]))

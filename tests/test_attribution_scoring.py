@@ -178,7 +178,7 @@ def test_commands_end_to_end(cli, store, model_dir, tmp_path):
     (["probe", "train", "--model", "{tmp}", "--layer", "1", "--direction", "{tmp}/v.npy", "-o", "{tmp}/p.safetensors"],
      r"no config.json"),
     (["score", "{store}", "--model", "{model}", "--dataset", "sft", "--concept", "{tmp}/none.safetensors"],
-     r"--concept .*none.safetensors: no such file"),
+     r"--concept .*none.safetensors: no such probe file"),
 ])
 def test_command_errors_are_one_line_and_exit_2(cli, store, model_dir, tmp_path, args, match):
     result = cli(*[a.format(store=store, tmp=tmp_path, model=model_dir) for a in args])

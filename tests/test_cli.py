@@ -7,19 +7,14 @@ from pathlib import Path
 import click
 import polars as pl
 import pytest
-from click.testing import CliRunner
-from conftest import generic_log, write_obd_csv
+from conftest import generic_log, run_cli, write_obd_csv
 
 from cli import main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def run(*args: str, ok: bool = True):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
+run = run_cli
 
 
 def _commands(group: click.Group, prefix: str = "mval"):

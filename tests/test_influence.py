@@ -24,12 +24,13 @@ from attribution.commands import examples, score
 from attribution.concept import concept_score
 from attribution.examples import Example, add_examples
 from attribution.influence import concept_measure, tracked_modules
-from attribution.models import Batch, load_hf_model
+from attribution.models import Batch
 from attribution.probes import ProbeDirection
 from attribution.scorers import ScoreRequest, make_scorer
 from attribution.scoring import score_dataset
-from attribution.testbed import COLORS, HOSTILE, NOUNS, tiny_model
+from attribution.testbed import tiny_model
 from cli import MvalGroup
+from conftest import qa
 from mval.errors import MvalError
 from mval.store import open_store
 
@@ -84,17 +85,6 @@ def test_ekfac_is_exact_on_a_kronecker_factored_model():
     assert np.allclose(got, expected, rtol=1e-8, atol=1e-10)
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return load_hf_model(tiny_model(tmp_path_factory.mktemp("m") / "tiny", d_model=16, n_layers=2, seed=2),
-                         dtype=torch.float64)
-
-
-def qa(n: int, seed: int) -> list[Example]:
-    rng = np.random.default_rng(seed)
-    return [Example(f"e{i}", f"question : what color is the {rng.choice(NOUNS)} ?",
-                    " ".join(["answer :", *rng.choice(COLORS + HOSTILE, size=rng.integers(2, 6))]))
-            for i in range(n)]
 
 
 CONCEPT = ProbeDirection(np.random.default_rng(0).normal(size=16).astype(np.float32), 1, "mean")

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from click.testing import CliRunner
 
 from attribution.examples import Example, read_jsonl
 from attribution.probes import load_probe
@@ -18,16 +17,12 @@ from attribution.sokoban.concept_model import load_agent_model, plan_concept
 from attribution.sokoban.dataset import Episode, decode, expert_episode, level_example, level_id, replay
 from attribution.sokoban.levels import generate_levels, read_levels, write_levels
 from attribution.sokoban.probes import PlanProbe
-from cli import main
+from conftest import run_cli
 from mval.errors import MvalError
 from mval.store import init_store
 
 
-def mval(*args, ok=True):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
+mval = run_cli
 
 
 @pytest.fixture(scope="module")

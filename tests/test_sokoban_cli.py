@@ -4,21 +4,15 @@ import json
 
 import duckdb
 import pytest
-from click.testing import CliRunner
 
 from attribution.sokoban.commands import sokoban
 from attribution.sokoban.levels import read_levels, solve
-from cli import MvalGroup
+from conftest import run_cli
 from mval.store import init_store
-
-root = MvalGroup(commands={"sokoban": sokoban})  # the same error handling as `mval`
 
 
 def run(*args, ok=True):
-    result = CliRunner().invoke(root, ["sokoban", *[str(a) for a in args]])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
+    return run_cli("sokoban", *args, ok=ok)
 
 
 @pytest.fixture(scope="module")

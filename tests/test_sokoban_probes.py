@@ -85,7 +85,7 @@ def test_f1_against_a_hand_count_and_a_perfect_probe(tmp_path):
     d = probe.direction(2)
     assert np.isclose(np.linalg.norm(d), 1.0) and d.argmax() == 2
     (tmp_path / "bad.safetensors").write_bytes(b"not a probe")
-    with pytest.raises(MvalError, match="not a safetensors probe file"):
+    with pytest.raises(MvalError, match="not a safetensors Sokoban plan probe file"):
         load_probe(tmp_path / "bad.safetensors")
     with pytest.raises(MvalError, match="unknown; use box or agent"):
         future_labels(hand_rollout("#####\n#@$.#\n#####", [RIGHT]), "boxes")

@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from mval.errors import MvalError
+from mval.weights import read_safetensors
 
 SHIPPED_AGENT = Path(__file__).resolve().parent / "agent.safetensors"
 
@@ -120,17 +120,8 @@ def save_agent(agent: DRC, path: str | Path, extra: dict | None = None) -> None:
 
 def load_agent(path: str | Path | None = None) -> DRC:
     """A DRC from a safetensors file (weights only, never pickle); None: the shipped agent."""
-    path = Path(path) if path is not None else SHIPPED_AGENT
-    if not path.is_file():
-        raise MvalError(f"{path}: no such agent file; train one with `mval sokoban train -o DIR`")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises several types for non-safetensors input
-        raise MvalError(f"{path}: not a safetensors agent file ({e}); give a file saved by `mval sokoban train`") from e
-    if meta.get("format") != "mval-sokoban-drc-1":
-        raise MvalError(f"{path}: safetensors file without mval agent metadata; give a file saved by `mval sokoban train`")
+    meta, tensors = read_safetensors(path if path is not None else SHIPPED_AGENT, "agent file",
+                                     "give a file saved by `mval sokoban train`", "mval-sokoban-drc-1", "pt")
     agent = DRC(DRCConfig(**json.loads(meta["config"])))
     agent.load_state_dict(tensors)
     agent.eval()

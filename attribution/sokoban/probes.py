@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import save_file
 from scipy.stats import rankdata
 
 from attribution.sokoban.levels import ACTIONS
 from attribution.sokoban.play import Rollout
 from mval.errors import MvalError
+from mval.weights import read_safetensors
 
 NONE = 4
 CLASSES = (*ACTIONS, "none")
@@ -120,17 +120,8 @@ class PlanProbe:
 
 
 def load_probe(path: str | Path) -> PlanProbe:
-    path = Path(path)
-    if not path.is_file():
-        raise MvalError(f"{path}: no such probe file; make one with `mval sokoban probe -o {path}`")
-    try:
-        with safe_open(str(path), framework="np") as f:
-            meta = f.metadata() or {}
-            t = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises several types for non-safetensors input
-        raise MvalError(f"{path}: not a safetensors probe file ({e}); give a file saved by `mval sokoban probe`") from e
-    if meta.get("format") != "mval-sokoban-probe-1":
-        raise MvalError(f"{path}: not a Sokoban plan probe; give a file saved by `mval sokoban probe`")
+    meta, t = read_safetensors(path, "Sokoban plan probe file", f"make one with `mval sokoban probe -o {path}`",
+                               "mval-sokoban-probe-1")
     return PlanProbe(t["weight"], t["bias"], t["mean"], t["scale"], meta["source"], meta["label"])
 
 
