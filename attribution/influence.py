@@ -230,8 +230,9 @@ class InfluenceScorer:
         # which modules: those the *concept* reads, for both methods, so they share one set of factors
         modules, shared = tracked_modules(model, concept_measure(self.request), self.request.queries)
         if not modules:
-            raise MvalError(f"--layer {self.request.concept.layer}: no Linear/Conv2d layer feeds the concept there "
-                            "(layer 0 reads the embeddings); influence needs a concept at layer 1 or above")
+            raise MvalError(f"--concept: the concept is read at layer {self.request.concept.layer}, which no "
+                            "Linear/Conv2d layer feeds (layer 0 is the embeddings); influence needs a concept at "
+                            "layer 1 or above (`mval probe train --layer 1`)")
         dtype = next(model.module.parameters()).dtype
         copied = copy.copy(model)  # the analyzer wraps modules in place: work on a copy of the module
         copied.module = copy.deepcopy(model.module)

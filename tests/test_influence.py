@@ -262,5 +262,5 @@ def test_bad_damping_is_refused(kwargs, match):
 
 def test_concept_on_the_embeddings_is_refused(model):
     request = ScoreRequest(ProbeDirection(CONCEPT.vector, 0, "mean"), tuple(qa(2, 0)))
-    with pytest.raises(MvalError, match=r"--layer 0: no Linear/Conv2d layer feeds the concept"):
+    with pytest.raises(MvalError, match=r"--concept: the concept is read at layer 0, which no Linear/Conv2d layer feeds"):
         make_scorer("influence", request).score(model, qa(3, 1))
