@@ -69,6 +69,7 @@ class Alternative:
     description: str
     std_error: float
     rounds_needed: float  # new rounds to reach MVAL's std error (inf: never)
+    expected_reward: float  # per new round, by the reward model fitted on the log
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class DesignResult:
     actions: int
     alpha: float
     std_error: float
+    expected_reward: float  # of pi1 per new round: sum_x p(x) sum_a pi1(a|x) m(x, a), m fitted on the log
     alternatives: tuple[Alternative, ...]
     uniform_contexts: int  # contexts where every cost is 0: any pi1 is optimal, uniform returned
 
@@ -97,8 +99,9 @@ class DesignResult:
         return out
 
     def report(self) -> list[dict]:
-        """One row per logging choice, MVAL first: std error, ratio to MVAL, rounds needed."""
-        rows = [Alternative("mval", "MVAL design (this policy)", self.std_error, float(self.budget))]
+        """One row per logging choice, MVAL first: std error, ratio to MVAL, rounds needed, expected reward."""
+        rows = [Alternative("mval", "MVAL design (this policy)", self.std_error, float(self.budget),
+                            self.expected_reward)]
         rows += self.alternatives
         return [
             {
@@ -106,6 +109,7 @@ class DesignResult:
                 "std_error": a.std_error,
                 "vs_mval": a.std_error / self.std_error if self.std_error > 0 else float("nan"),
                 "rounds_needed": a.rounds_needed,
+                "expected_reward": a.expected_reward,
                 "description": a.description,
             }
             for a in rows
@@ -145,10 +149,14 @@ def design_logging_policy(
         costs = np.stack([pi**2 * s for pi in target_pis])
         costs = costs if objective == "minimax" else costs.mean(axis=0)
     alpha = est.rows / (est.rows + budget)
+    def value(policy: np.ndarray) -> float:
+        """Expected reward per round, sum_x p(x) sum_a policy(a|x) m(x, a)."""
+        return float(est.weights @ (policy * est.mean).sum(axis=1))
+
     reward = min_reward = None
     if min_reward_ratio is not None:
         reward = est.mean
-        min_reward = min_reward_ratio * float(est.weights @ (est.pi0 * est.mean).sum(axis=1))
+        min_reward = min_reward_ratio * value(est.pi0)
     solve = solve_exact if solver == "exact" else solve_cvxpy
 
     def design(a: float) -> np.ndarray:
@@ -168,7 +176,7 @@ def design_logging_policy(
         ("ignore_log", "optimal proposal ignoring the existing log (alpha = 0)", design(0.0)),
     ]
     alternatives = tuple(
-        Alternative(name, text, float(np.sqrt(variance(p, budget))), _rounds_needed(variance, p, target))
+        Alternative(name, text, float(np.sqrt(variance(p, budget))), _rounds_needed(variance, p, target), value(p))
         for name, text, p in choices
     )
     zero_cost = costs.sum(axis=0) if costs.ndim == 3 else costs
@@ -184,6 +192,7 @@ def design_logging_policy(
         actions=k,
         alpha=alpha,
         std_error=float(np.sqrt(target)),
+        expected_reward=value(pi1),
         alternatives=alternatives,
         uniform_contexts=int((zero_cost.sum(axis=1) == 0).sum()),
     )

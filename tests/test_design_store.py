@@ -65,7 +65,10 @@ def test_matches_numpy_on_the_same_rows(store, tmp_path):
     np.testing.assert_allclose(got, expected, atol=1e-12)
     variance = balanced_variance(target, [probs, expected], [n, 600], p, s, m)
     assert result.std_error == pytest.approx(np.sqrt(variance), rel=1e-9)
+    assert result.expected_reward == pytest.approx(p @ (expected * m).sum(axis=1), rel=1e-12)
     by_name = {a.name: a for a in result.alternatives}
+    assert by_name["target"].expected_reward == pytest.approx(p @ (target * m).sum(axis=1), rel=1e-12)
+    assert by_name["pi0"].expected_reward == pytest.approx(p @ (probs * m).sum(axis=1), rel=1e-12)
     assert by_name["pi0"].std_error == pytest.approx(
         np.sqrt(balanced_variance(target, [probs, probs], [n, 600], p, s, m)), rel=1e-9)
     for alt in result.alternatives:  # MVAL beats each alternative, which needs more rounds to catch up
@@ -97,6 +100,9 @@ def test_min_reward_ratio_holds(store, tmp_path):
     with open_store(store) as con:
         free = design_logging_policy(con, ["B"], 300)
         held = design_logging_policy(con, ["B"], 300, min_reward_ratio=1.2)
+    pi0_value = {a.name: a for a in held.alternatives}["pi0"].expected_reward
+    assert free.expected_reward < 1.2 * pi0_value  # the constraint binds here ...
+    assert held.expected_reward == pytest.approx(1.2 * pi0_value, rel=1e-6)  # ... and holds, with equality
     assert held.std_error >= free.std_error
 
 
