@@ -74,10 +74,9 @@ def _query_cells(
     con: duckdb.DuckDBPyConnection, loggers: Sequence[str] | None, positions: str, with_features: bool,
     folds: int, seed: int,
 ) -> pl.DataFrame:
-    cells = con.sql(load_sql("evaluate_rows"), params={
+    cells = con.sql(load_sql("evaluate_rows_features" if with_features else "evaluate_rows"), params={
         "all_loggers": loggers is None, "loggers": list(loggers or []),
         "position_in_context": positions == "context", "by_position": positions != "pooled",
-        "with_features": with_features,
     }).pl()
     return _deal_folds(cells, folds, seed)
 
@@ -112,11 +111,12 @@ def _check_selection(
     return tuple(dict.fromkeys(loggers))
 
 
-def _n_actions(con: duckdb.DuckDBPyConnection, df: pl.DataFrame, loggers: tuple[str, ...], policy: str) -> int:
+def _n_actions(con: duckdb.DuckDBPyConnection, df: pl.DataFrame, shapes: dict, loggers: tuple[str, ...],
+               policy: str) -> int:
     """K agreed by rows, action_probs and logger policies; refuse when the target needs more actions."""
-    lengths = df["action_probs_len"].drop_nulls()
-    if lengths.len() and lengths.min() != lengths.max():
-        raise MvalError(f"action_probs have different lengths ({lengths.min()} and {lengths.max()}) across the "
+    low, high = shapes["action_probs_min"], shapes["action_probs_max"]
+    if low != high:
+        raise MvalError(f"action_probs have different lengths ({low} and {high}) across the "
                         "chosen loggers' rows; every row must list all actions")
     policy_k = dict(con.execute(
         "SELECT policy, max(action) + 1 FROM policies WHERE list_contains(?, policy) GROUP BY policy",
@@ -125,7 +125,7 @@ def _n_actions(con: duckdb.DuckDBPyConnection, df: pl.DataFrame, loggers: tuple[
     if policy not in policy_k:
         known = ", ".join(policy_names(con)) or "none"
         raise MvalError(f"no policy named {policy!r} in the store (known: {known}); add it with `mval policy add`")
-    k_log = max([int(df["action"].max()) + 1, int(lengths.max() or 0), *(policy_k.get(n, 0) for n in loggers)])
+    k_log = max([int(df["action"].max()) + 1, int(high or 0), *(policy_k.get(n, 0) for n in loggers)])
     if policy_k[policy] > k_log:
         raise MvalError(
             f"policy {policy!r} has {policy_k[policy]} actions (0..{policy_k[policy] - 1}) but the log has "
@@ -138,7 +138,8 @@ def _read_log(
     con: duckdb.DuckDBPyConnection, policy: str, loggers: Sequence[str] | None, positions: str, needs_model: bool,
     folds: int, seed: int,
 ) -> _Log:
-    """One scan; a second one with the features only when a reward model will use them.
+    """The cells in one grouped scan, what the rows carry (list lengths) in a cheap ungrouped one, and
+    the cells again with their features only when a reward model will use them.
 
     Features are used when every chosen row has a vector, all of one length.
     """
@@ -146,12 +147,15 @@ def _read_log(
     names = _check_selection(con, df, loggers)
     if positions != "pooled" and df["position"].null_count() == df.height:
         raise MvalError(f"--positions {positions}: the chosen rows have no position; use --positions pooled")
-    n_actions = _n_actions(con, df, names, policy)
-    widths = df["features_len"]
+    shapes = con.sql(load_sql("evaluate_shapes"), params={
+        "all_loggers": loggers is None, "loggers": list(loggers or [])}).pl().row(0, named=True)
+    n_actions = _n_actions(con, df, shapes, names, policy)
+    width = shapes["features_max"]
     features = None
-    if needs_model and widths.null_count() == 0 and widths.min() == widths.max() and widths.max() > 0:
+    if (needs_model and shapes["rows_with_features"] == shapes["rows"] and width
+            and shapes["features_min"] == width):
         df = _query_cells(con, loggers, positions, True, folds, seed)
-        features = df["features"].list.to_array(int(widths.max())).to_numpy()
+        features = df["features"].list.to_array(int(width)).to_numpy()
     keys = df["context_key"].unique().sort(nulls_last=True)
     context = (df["context_key"].rank("dense").cast(pl.Int64) - 1).fill_null(keys.len() - 1)
     index = {name: i for i, name in enumerate(names)}

@@ -122,8 +122,7 @@ def test_model_estimators_use_out_of_fold_context_means(logs):
     with open_store(path, read_only=True) as con:
         result = by_name(evaluate_policy(con, "T-safe", ["A", "B"], ["dm", "dr", "balanced-dr"], seed=3))
         cells = con.sql(load_sql("evaluate_rows"), params={
-            "all_loggers": False, "loggers": ["A", "B"], "position_in_context": False, "by_position": False,
-            "with_features": False}).pl()
+            "all_loggers": False, "loggers": ["A", "B"], "position_in_context": False, "by_position": False}).pl()
     # the documented fold rule: each group of identical rows is dealt over 5 folds, Multinomial(count, 1/5)
     dealt = np.random.default_rng(3).multinomial(cells["count"].to_numpy().astype(int), np.full(5, 0.2))
     assert (dealt.sum(axis=1) == cells["count"].to_numpy()).all() and (dealt.sum(axis=0) > 0).all()
@@ -270,3 +269,31 @@ def test_evaluate_opens_the_store_read_only(logs):
     out = CliRunner().invoke(evaluate, [str(path), "--policy", "T-safe", "--estimator", "ips"])
     assert out.exit_code == 0
     assert path.stat().st_mtime_ns == before
+
+
+def test_action_probs_of_different_lengths_are_refused(logs, tmp_path):
+    path, frame = logs
+    longer = frame.filter(pl.col("logger") == "C").with_columns(
+        logger=pl.lit("C4"), event_id=pl.col("event_id") + 10_000,
+        action_probs=pl.col("action_probs").list.concat(pl.lit([0.0])))
+    with open_store(path) as con:
+        insert_events(con, longer)
+    with open_store(path, read_only=True) as con, pytest.raises(MvalError, match=r"different lengths \(3 and 4\)"):
+        evaluate_policy(con, "T-safe", ["C", "C4"], ["snips"])
+    with open_store(path, read_only=True) as con:  # one length per selection is fine
+        assert by_name(evaluate_policy(con, "T-safe", ["C"], ["snips"]))["snips"].n == SIZES["C"]
+
+
+def test_features_are_used_only_when_every_chosen_row_has_them(tmp_path):
+    path = init_store(tmp_path / "s.duckdb")
+    rng = np.random.default_rng(0)
+    frame = log_frame().filter(pl.col("logger").is_in(["A", "B"]))
+    vectors = rng.normal(size=(frame.height, 2)).tolist()
+    frame = frame.with_columns(pl.Series("features", [v if g == "A" else None for v, g in
+                                                       zip(vectors, frame["logger"])], dtype=pl.List(pl.Float64)))
+    with open_store(path) as con:
+        insert_events(con, frame)
+        write_policy(con, tmp_path, "T", TARGET_SAFE)
+    with open_store(path, read_only=True) as con:
+        assert evaluate_policy(con, "T", ["A"], ["dr"]).reward_model == "cross-fitted linear/logistic on features"
+        assert "features" not in evaluate_policy(con, "T", ["A", "B"], ["dm"]).reward_model
