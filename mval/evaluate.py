@@ -74,9 +74,10 @@ def _query_cells(
     con: duckdb.DuckDBPyConnection, loggers: Sequence[str] | None, positions: str, with_features: bool,
     folds: int, seed: int,
 ) -> pl.DataFrame:
-    cells = con.sql(load_sql("evaluate_rows_features" if with_features else "evaluate_rows"), params={
+    cells = con.sql(load_sql("evaluate_rows"), params={
         "all_loggers": loggers is None, "loggers": list(loggers or []),
         "position_in_context": positions == "context", "by_position": positions != "pooled",
+        "with_features": with_features,
     }).pl()
     return _deal_folds(cells, folds, seed)
 

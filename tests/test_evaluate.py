@@ -122,7 +122,8 @@ def test_model_estimators_use_out_of_fold_context_means(logs):
     with open_store(path, read_only=True) as con:
         result = by_name(evaluate_policy(con, "T-safe", ["A", "B"], ["dm", "dr", "balanced-dr"], seed=3))
         cells = con.sql(load_sql("evaluate_rows"), params={
-            "all_loggers": False, "loggers": ["A", "B"], "position_in_context": False, "by_position": False}).pl()
+            "all_loggers": False, "loggers": ["A", "B"], "position_in_context": False, "by_position": False,
+            "with_features": False}).pl()
     # the documented fold rule: each group of identical rows is dealt over 5 folds, Multinomial(count, 1/5)
     dealt = np.random.default_rng(3).multinomial(cells["count"].to_numpy().astype(int), np.full(5, 0.2))
     assert (dealt.sum(axis=1) == cells["count"].to_numpy()).all() and (dealt.sum(axis=0) > 0).all()
