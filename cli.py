@@ -183,7 +183,6 @@ def policy_list(store: str, fmt: str) -> None:
     emit(run_query(store, "SELECT * FROM policy_summary"), fmt)
 
 
-# Commands whose modules may not be present in every checkout stage are registered when importable.
 @main.command()
 @click.argument("folder", type=click.Path(file_okay=False), default="mval-demo")
 def demo(folder: str) -> None:
