@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 
 from mval.evaluate import evaluate_policy
-from mval.policies import add_policy
+from mval.policies import add_policy, policy_frame
 from mval.store import init_store, load_sql, open_store
 
 ACTIONS, CONTEXTS = 10, 1000
@@ -34,11 +33,8 @@ def build_store(folder: Path, rows: int, seed: int) -> Path:
     path = init_store(folder / "bench.duckdb")
     rng = np.random.default_rng(seed)
     target = rng.dirichlet(np.full(ACTIONS, 0.5), size=CONTEXTS)
-    ids = [f"c{i}" for i in range(CONTEXTS)]
-    pl.DataFrame({"context_id": np.repeat(ids, ACTIONS), "action": np.tile(np.arange(ACTIONS), CONTEXTS),
-                  "prob": target.ravel()}).write_csv(folder / "target.csv")
-    pl.DataFrame({"context_id": [None] * ACTIONS, "action": np.arange(ACTIONS), "prob": np.full(ACTIONS, 1 / ACTIONS)},
-                 schema={"context_id": pl.String, "action": pl.Int64, "prob": pl.Float64}).write_csv(folder / "uniform.csv")
+    policy_frame(np.array([f"c{i}" for i in range(CONTEXTS)]), target).write_csv(folder / "target.csv")
+    policy_frame(None, np.full((1, ACTIONS), 1 / ACTIONS)).write_csv(folder / "uniform.csv")
     with open_store(path) as con:
         con.execute(load_sql("evaluate_bench_log"), {"rows": rows, "actions": ACTIONS, "contexts": CONTEXTS})
         add_policy(con, "target", folder / "target.csv")

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from scipy.special import softmax
+
+from mval.policies import policy_frame
 
 N_CONTEXTS, N_ACTIONS, N_FEATURES = 20, 5, 3
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 @dataclass(frozen=True)
@@ -40,24 +38,14 @@ def example_problem(seed: int = 0) -> ExampleProblem:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(N_CONTEXTS, N_FEATURES))
     score = x @ rng.normal(size=(N_ACTIONS, N_FEATURES)).T
-    pi0 = 0.95 * _softmax(-0.5 * score + rng.normal(size=score.shape)) + 0.05 / N_ACTIONS
+    pi0 = 0.95 * softmax(-0.5 * score + rng.normal(size=score.shape), axis=1) + 0.05 / N_ACTIONS
     return ExampleProblem(
         context_ids=np.array([f"c{i:02d}" for i in range(N_CONTEXTS)]),
         features=x,
         mean_reward=1 / (1 + np.exp(-score)),
         logger=pi0,
-        target=_softmax(score),
+        target=softmax(score, axis=1),
     )
-
-
-def policy_frame(context_ids: np.ndarray, probs: np.ndarray) -> pl.DataFrame:
-    """A (contexts x actions) matrix in the long format of the `policies` table."""
-    k = probs.shape[1]
-    return pl.DataFrame({
-        "context_id": np.repeat(context_ids, k),
-        "action": np.tile(np.arange(k), len(context_ids)),
-        "prob": probs.ravel(),
-    })
 
 
 def write_example(folder: str | Path, rows: int = 5000, seed: int = 0) -> dict[str, Path]:

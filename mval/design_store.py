@@ -29,7 +29,7 @@ from mval.design import MvalProblem, balanced_variance, solve_exact
 from mval.design_cvxpy import solve_cvxpy
 from mval.errors import MvalError
 from mval.files import relation_for_file
-from mval.policies import load_policy, policy_names
+from mval.policies import load_policy, policy_frame, policy_names
 from mval.store import load_sql, transaction
 
 SHRINK_ROWS = 5.0
@@ -383,18 +383,6 @@ def _rounds_needed(variance, policy: np.ndarray, target: float) -> float:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if variance(policy, mid) <= target else (mid, hi)
     return float(hi)
-
-
-def policy_frame(context_ids: np.ndarray | None, pi1: np.ndarray) -> pl.DataFrame:
-    """pi1 in long format: context_id (null: context-free), action, prob."""
-    n, k = pi1.shape
-    ids = pl.Series("context_id", [None] * n, dtype=pl.Utf8) if context_ids is None else pl.Series(
-        "context_id", context_ids, dtype=pl.Utf8)
-    return pl.DataFrame({
-        "context_id": ids.gather(np.repeat(np.arange(n), k)),
-        "action": np.tile(np.arange(k, dtype=np.int32), n),
-        "prob": pi1.ravel(),
-    })
 
 
 def save_design(con: duckdb.DuckDBPyConnection, policy: pl.DataFrame, name: str, replace: bool = False) -> int:

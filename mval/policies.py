@@ -10,6 +10,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import polars as pl
 
 from mval.errors import MvalError
 from mval.files import relation_for_file
@@ -46,6 +47,19 @@ class PolicyTable:
                 "add that context to the policy file (or give a context-free policy with an empty context_id)"
             )
         return self.probs[order[pos]]
+
+
+
+def policy_frame(context_ids: np.ndarray | None, probs: np.ndarray) -> pl.DataFrame:
+    """A (contexts x actions) matrix in the long format of the `policies` table: context_id (null:
+    the same distribution in every context), action, prob."""
+    n, k = probs.shape
+    ids = pl.Series("context_id", [None] * n if context_ids is None else context_ids, dtype=pl.Utf8)
+    return pl.DataFrame({
+        "context_id": ids.gather(np.repeat(np.arange(n), k)),
+        "action": np.tile(np.arange(k, dtype=np.int32), n),
+        "prob": probs.ravel(),
+    })
 
 
 def add_policy(con: duckdb.DuckDBPyConnection, name: str, path: str | Path, replace: bool = False) -> int:
