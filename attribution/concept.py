@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from attribution.examples import Example
-from attribution.models import ConceptModel, check_layer
+from attribution.models import Batch, ConceptModel, check_layer
 
 if TYPE_CHECKING:
     from attribution.probes import ProbeDirection
@@ -47,17 +47,21 @@ def activations(
     return torch.cat(parts)
 
 
+def concept_sum(model: ConceptModel, concept: ProbeDirection, batch: Batch) -> torch.Tensor:
+    """sum over the batch of v . pool(h_layer(q)): a scalar, differentiable in the parameters."""
+    pooled = pool(model.hidden_states(batch, concept.layer), batch.mask, concept.position)
+    return (pooled @ torch.as_tensor(concept.vector).to(pooled.dtype)).sum()
+
+
 def concept_score(model: ConceptModel, concept: ProbeDirection, queries: Sequence[Example], batch_size: int = 32,
                   backward: bool = False) -> float:
     """f(theta) on `queries`; with `backward`, also accumulates grad f into the parameters' `.grad`."""
     check_layer(model, concept.layer)
-    v = torch.as_tensor(concept.vector)
     total = 0.0
     for chunk in batches(queries, batch_size):
         batch = model.encode(chunk)
         with torch.set_grad_enabled(backward):
-            pooled = pool(model.hidden_states(batch, concept.layer), batch.mask, concept.position)
-            part = (pooled @ v.to(pooled.dtype)).sum() / len(queries)
+            part = concept_sum(model, concept, batch) / len(queries)
         if backward:
             part.backward()
         total += float(part.detach())

@@ -41,6 +41,11 @@ class Example:
         return {"id": self.example_id, "prompt": self.prompt, "response": self.response}
 
 
+def examples_hash(examples: Sequence[Example]) -> str:
+    """sha256 of the examples' contents, in order: the key of a set of examples (a query set, a dataset)."""
+    return hashlib.sha256("".join(e.content_hash for e in examples).encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class AddResult:
     dataset: str

@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attribution.concept import pool
-from attribution.examples import Example
+from attribution.concept import concept_sum
+from attribution.examples import Example, examples_hash
 from attribution.models import Batch, ConceptModel, HFCausalLM, check_layer, fingerprint
 from attribution.scorers import ScoreRequest, register
 from mval.errors import MvalError
@@ -59,13 +59,7 @@ def require_kronfluence():
 
 def concept_measure(request: ScoreRequest) -> Measure:
     """Sum over the batch of v . pool(h_layer(q)) (f times the number of queries)."""
-    concept = request.concept
-
-    def measure(model: ConceptModel, batch: Batch) -> torch.Tensor:
-        pooled = pool(model.hidden_states(batch, concept.layer), batch.mask, concept.position)
-        return (pooled @ torch.as_tensor(concept.vector).to(pooled.dtype)).sum()
-
-    return measure
+    return lambda model, batch: concept_sum(model, request.concept, batch)
 
 
 def loss_measure(model: ConceptModel, batch: Batch) -> torch.Tensor:
@@ -175,10 +169,6 @@ def _quiet() -> Iterator[None]:
         gc.unfreeze()
 
 
-def _data_hash(examples: Sequence[Example]) -> str:
-    return hashlib.sha256("".join(e.content_hash for e in examples).encode()).hexdigest()
-
-
 @dataclass
 class _Fitted:
     """A prepared copy of the model, its kronfluence analyzer, and the name of its fitted factors."""
@@ -224,7 +214,7 @@ class InfluenceScorer:
         from kronfluence.utils.dataset import DataLoaderKwargs
 
         check_layer(model, self.request.concept.layer)
-        model_key, data_key = fingerprint(model), _data_hash(examples)
+        model_key, data_key = fingerprint(model), examples_hash(examples)
         if model_key in self._fitted and self._fitted[model_key].data_key == data_key:
             return
         # which modules: those the *concept* reads, for both methods, so they share one set of factors

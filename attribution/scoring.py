@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from attribution.concept import batches
-from attribution.examples import Example, load_examples
+from attribution.examples import Example, examples_hash, load_examples
 from attribution.models import ConceptModel, fingerprint
 from attribution.scorers import NEEDS_QUERIES, ScoreRequest, Scorer
 from mval.errors import MvalError
@@ -47,7 +47,7 @@ def run_settings(model: ConceptModel, method: str, request: ScoreRequest) -> dic
     settings = {"method": method, "model": fingerprint(model), "layer": c.layer, "position": c.position,
                 "direction": hashlib.sha256(c.vector.tobytes()).hexdigest(), "seed": request.seed}
     if method in NEEDS_QUERIES:
-        settings["queries"] = hashlib.sha256("".join(q.content_hash for q in request.queries).encode()).hexdigest()
+        settings["queries"] = examples_hash(request.queries)
     if method == "gradient":
         settings["proj_dim"] = request.proj_dim
     if method in ("influence", "test-influence"):
