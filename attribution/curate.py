@@ -7,13 +7,12 @@ level dataset (`mval sokoban dataset`) are written as a Boxoban level file inste
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import duckdb
 
-from attribution.examples import Example, load_examples
+from attribution.examples import Example, load_examples, write_jsonl
 from mval.errors import MvalError
 
 
@@ -84,5 +83,5 @@ def curate(con: duckdb.DuckDBPyConnection, dataset: str, method: str, out: str |
 
         write_level_file(out, kept)
     else:
-        out.write_text("".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in kept), encoding="utf-8")
+        write_jsonl(out, kept)
     return CurateResult(dataset, method, concept, len(kept), len(drop), str(out))

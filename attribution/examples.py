@@ -109,6 +109,18 @@ def read_jsonl(path: str | Path, with_id: bool = True, label: bool = False) -> t
     return examples, labels
 
 
+def write_jsonl(path: str | Path, examples: Sequence[Example], labels: Sequence[int] | None = None) -> Path:
+    """Examples as JSON lines in their input format (with a `label` each when given): what read_jsonl reads."""
+    path = Path(path)
+    if not path.parent.exists():
+        raise MvalError(f"-o {path}: folder {path.parent} does not exist; create it first")
+    records = [e.to_json() for e in examples]
+    if labels is not None:
+        records = [r | {"label": int(y)} for r, y in zip(records, labels, strict=True)]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
 def _frame(examples: Sequence[Example]) -> pl.DataFrame:
     return pl.DataFrame(
         {

@@ -15,7 +15,6 @@ tokenizer a word-level `tokenizers` model saved next to it; everything is writte
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from attribution.concept import batches
-from attribution.examples import Example
+from attribution.examples import Example, write_jsonl
 from attribution.models import HFCausalLM, quiet_transformers
 
 NOUNS = ("cat dog bird fish horse cow lion tiger bear wolf fox owl frog duck goat sheep mouse rabbit snake whale "
@@ -264,12 +263,8 @@ def write_testbed_files(bed: TestBed, folder: str | Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = {name: folder / name for name in ("train.jsonl", "probe.jsonl", "queries.jsonl", "planted.txt")}
 
-    def lines(records: list[dict]) -> str:
-        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-
-    paths["train.jsonl"].write_text(lines([e.to_json() for e in bed.train]), encoding="utf-8")
-    paths["probe.jsonl"].write_text(
-        lines([e.to_json() | {"label": y} for e, y in zip(bed.probe_data, bed.probe_labels)]), encoding="utf-8")
-    paths["queries.jsonl"].write_text(lines([e.to_json() for e in bed.queries]), encoding="utf-8")
+    write_jsonl(paths["train.jsonl"], bed.train)
+    write_jsonl(paths["probe.jsonl"], bed.probe_data, bed.probe_labels)
+    write_jsonl(paths["queries.jsonl"], bed.queries)
     paths["planted.txt"].write_text("".join(e.example_id + "\n" for e, p in zip(bed.train, bed.planted) if p))
     return paths

@@ -265,7 +265,8 @@ def dataset(source, episodes, output, store, dataset_name, fmt) -> None:
     """
     from pathlib import Path
 
-    from attribution.sokoban.dataset import dataset_examples, write_jsonl
+    from attribution.examples import write_jsonl
+    from attribution.sokoban.dataset import dataset_examples
 
     if (store is None) != (dataset_name is None):
         raise MvalError("give --store and --dataset together (or neither, to write only the JSON lines file)")

@@ -170,14 +170,6 @@ def _unique(examples: list[Example]) -> list[Example]:
     return list(first.values())
 
 
-def write_jsonl(path: str | Path, examples: Sequence[Example]) -> Path:
-    path = Path(path)
-    if not path.parent.exists():
-        raise MvalError(f"-o {path}: folder {path.parent} does not exist; create it first")
-    path.write_text("".join(json.dumps(e.to_json()) + "\n" for e in examples), encoding="utf-8")
-    return path
-
-
 def write_level_file(path: str | Path, examples: Sequence[Example]) -> Path:
     """A Boxoban level file (`; N` headers) of the levels of `examples`, in order."""
     try:
