@@ -17,7 +17,6 @@ level text, so the same level has the same id in every run and file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,9 @@ import numpy as np
 
 from attribution.examples import Example
 from attribution.sokoban.env import Boards, step_boards
-from attribution.sokoban.levels import Level, LevelSet, format_levels, parse_levels, read_levels, solve, stack_levels
+from attribution.sokoban.levels import (
+    Level, LevelSet, format_levels, level_digest, parse_levels, read_levels, solve, stack_levels,
+)
 from mval.errors import MvalError
 
 EPISODE_FORMAT = "mval-sokoban-episode-1"
@@ -36,7 +37,7 @@ SOURCES = ("expert", "recorded")
 
 def level_id(level: Level) -> str:
     """`lv-` + 16 hex digits of blake2b(level text): stable across runs, files and stores."""
-    return "lv-" + hashlib.blake2b(level.to_text().encode(), digest_size=8).hexdigest()
+    return "lv-" + level_digest(level).hex()
 
 
 @dataclass(frozen=True)

@@ -443,12 +443,14 @@ def generate_levels(
     return stack_levels(found, lengths)
 
 
-def level_hashes(levels: LevelSet) -> np.ndarray:
-    """A uint64 fingerprint of each level's text (to keep held-out levels out of a training set)."""
+def level_digest(level: Level) -> bytes:
+    """8 bytes of blake2b(level text): a level's identity across runs, files and stores."""
     import hashlib
 
-    return np.array(
-        [int.from_bytes(hashlib.blake2b(levels.level(i).to_text().encode(), digest_size=8).digest(), "little")
-         for i in range(len(levels))],
-        dtype=np.uint64,
-    )
+    return hashlib.blake2b(level.to_text().encode(), digest_size=8).digest()
+
+
+def level_hashes(levels: LevelSet) -> np.ndarray:
+    """A uint64 fingerprint of each level (to keep held-out levels out of a training set)."""
+    return np.array([int.from_bytes(level_digest(levels.level(i)), "little") for i in range(len(levels))],
+                    dtype=np.uint64)
