@@ -189,7 +189,8 @@ def demo(folder: str) -> None:
     """Walk through mval on built-in examples (writes into FOLDER), printing each command and its output.
 
     Bandit logs: create a store, ingest a generated log, query it, add the logger's and a target
-    policy, evaluate the target off-policy and design the next logging policy with MVAL.
+    policy, evaluate the target off-policy, design the next logging policy with MVAL, log rounds with
+    it and evaluate again from both logs.
     Attribution: a tiny language model fine-tuned with a few planted hostile answers; train a
     concept probe, score the training examples, and write the set without the top-scored ones.
 
@@ -207,6 +208,8 @@ def demo(folder: str) -> None:
             if step.comment:
                 click.echo(f"\n# {step.comment}")
             click.echo(f"$ mval {shlex.join(step.args)}")
+            if step.prepare is not None:
+                step.prepare()
             main.main(step.args, prog_name="mval", standalone_mode=False)
 
 

@@ -8,6 +8,7 @@ where pi0 rarely looks: the case MVAL is for.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import numpy as np
 import polars as pl
 from scipy.special import softmax
 
-from mval.policies import policy_frame
+from mval.policies import load_policy, policy_frame
+from mval.store import open_store
 
 N_CONTEXTS, N_ACTIONS, N_FEATURES = 20, 5, 3
 
@@ -48,31 +50,44 @@ def example_problem(seed: int = 0) -> ExampleProblem:
     )
 
 
+def sample_log(problem: ExampleProblem, policy: np.ndarray, rows: int, rng: np.random.Generator) -> pl.DataFrame:
+    """`rows` rounds logged with `policy` (contexts x actions) on the example's true click rates."""
+    ctx = rng.integers(N_CONTEXTS, size=rows)
+    cdf = np.cumsum(policy[ctx], axis=1)
+    action = np.minimum((rng.random(rows)[:, None] > cdf).sum(axis=1), N_ACTIONS - 1)
+    reward = (rng.random(rows) < problem.mean_reward[ctx, action]).astype(float)
+    return pl.DataFrame({
+        "context_id": problem.context_ids[ctx],
+        "features": problem.features[ctx].tolist(),
+        "action": action,
+        "propensity": policy[ctx, action],
+        "reward": reward,
+    })
+
+
 def write_example(folder: str | Path, rows: int = 5000, seed: int = 0) -> dict[str, Path]:
     """Write example_log.parquet (logged by pi0), logger_policy.csv and target_policy.csv."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     problem = example_problem(seed)
-    rng = np.random.default_rng(seed + 1)
-    ctx = rng.integers(N_CONTEXTS, size=rows)
-    cdf = np.cumsum(problem.logger[ctx], axis=1)
-    action = np.minimum((rng.random(rows)[:, None] > cdf).sum(axis=1), N_ACTIONS - 1)
-    reward = (rng.random(rows) < problem.mean_reward[ctx, action]).astype(float)
     paths = {
         "log": folder / "example_log.parquet",
         "logger_policy": folder / "logger_policy.csv",
         "target_policy": folder / "target_policy.csv",
     }
-    pl.DataFrame({
-        "context_id": problem.context_ids[ctx],
-        "features": problem.features[ctx].tolist(),
-        "action": action,
-        "propensity": problem.logger[ctx, action],
-        "reward": reward,
-    }).write_parquet(paths["log"])
+    sample_log(problem, problem.logger, rows, np.random.default_rng(seed + 1)).write_parquet(paths["log"])
     policy_frame(problem.context_ids, problem.logger).write_csv(paths["logger_policy"])
     policy_frame(problem.context_ids, problem.target).write_csv(paths["target_policy"])
     return paths
+
+
+def write_logged_rounds(store: str | Path, policy: str, path: str | Path, rows: int = 1000, seed: int = 7) -> Path:
+    """`rows` new rounds logged with the store's policy `policy` on the example problem (as Parquet)."""
+    problem = example_problem()
+    with open_store(store, read_only=True) as con:
+        probs = load_policy(con, policy, n_actions=N_ACTIONS).probs_for(problem.context_ids)
+    sample_log(problem, probs, rows, np.random.default_rng(seed)).write_parquet(path)
+    return Path(path)
 
 
 @dataclass(frozen=True)
@@ -81,12 +96,14 @@ class DemoStep:
 
     comment: str
     args: list[str]
+    prepare: Callable[[], object] | None = None  # run before the command (writes the file it reads)
 
 
 def bandit_steps(folder: Path) -> list[DemoStep]:
-    """Store, ingest, query, policies, off-policy evaluation and the MVAL design, on the example log."""
+    """Store, ingest, query, policies, off-policy evaluation, the MVAL design, and the rounds logged with it."""
     paths = write_example(folder)
     store = str(folder / "demo.duckdb")
+    next_log = folder / "next_log.parquet"
     return [
         DemoStep("a store, and the example log (5,000 rows, 20 contexts, 5 actions, logged by pi0)",
                  ["init", store]),
@@ -101,6 +118,12 @@ def bandit_steps(folder: Path) -> list[DemoStep]:
                  ["design", store, "--target", "target", "--budget", "1000", "--save-as", "mval-next"]),
         DemoStep("", ["query", store, "SELECT context_id, action, round(prob, 3) AS prob FROM policies "
                       "WHERE policy = 'mval-next' AND context_id = 'c00' ORDER BY action"]),
+        DemoStep("the next 1,000 rounds, logged with mval-next (simulated here from the example's true click "
+                 "rates), join the log as a second logger",
+                 ["ingest", store, str(next_log), "--logger", "mval-next"],
+                 prepare=lambda: write_logged_rounds(store, "mval-next", next_log)),
+        DemoStep("the target judged from both logs: balanced estimators weight each row by the loggers' mixture",
+                 ["evaluate", store, "--policy", "target", "--estimator", "balanced-ips,balanced-dr"]),
     ]
 
 
