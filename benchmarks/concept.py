@@ -26,22 +26,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
-from attribution.examples import add_examples
+from attribution.examples import add_examples, write_jsonl
 from attribution.models import load_hf_model
 from attribution.probes import train_probe
 from attribution.scorers import ScoreRequest, make_scorer
 from attribution.scoring import score_dataset
 from attribution.testbed import behaviour_prompts, build_testbed, finetune, hostile_rate
 from mval.store import init_store, open_store
+from planted_metrics import auroc, precision_at_k, t_interval, top_k
 
 METHODS = ("probe", "gradient", "influence", "test-influence", "embedding", "random")
-
-
-def precision_at_k(scores: np.ndarray, truth: np.ndarray, k: int) -> float:
-    top = np.argsort(-scores, kind="stable")[:k]
-    return float(truth[top].mean())
 
 
 def wilson(hits: float, n: int, z: float = 1.96) -> list[float]:
@@ -49,15 +44,6 @@ def wilson(hits: float, n: int, z: float = 1.96) -> list[float]:
     p = hits / n
     centre, half = p + z * z / (2 * n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     return [round(float((centre - half) / (1 + z * z / n)), 4), round(float((centre + half) / (1 + z * z / n)), 4)]
-
-
-def mean_interval(values: list[float]) -> list[float]:
-    """95% t-interval of the mean."""
-    from scipy.stats import t
-
-    m, se = float(np.mean(values)), float(np.std(values, ddof=1) / np.sqrt(len(values)))
-    half = float(t.ppf(0.975, len(values) - 1)) * se
-    return [round(m - half, 4), round(m + half, 4)]
 
 
 def rate_without(bed, drop: np.ndarray, size: str, seed: int, samples: int) -> tuple[float, int]:
@@ -84,7 +70,7 @@ def run(quick: bool, seed: int = 0, layer: int | None = None, random_seeds: int 
         layer = concept.layer
 
         train_file = tmp / "train.jsonl"
-        train_file.write_text("".join(json.dumps(e.to_json()) + "\n" for e in bed.train))
+        write_jsonl(train_file, bed.train)
         store = init_store(tmp / "store.duckdb")
         truth = bed.planted.astype(int)
         k = int(truth.sum())
@@ -100,9 +86,8 @@ def run(quick: bool, seed: int = 0, layer: int | None = None, random_seeds: int 
                 scores = np.array([r[0] for r in con.execute(
                     "SELECT s.score FROM scores s JOIN examples e USING (dataset, example_id) "
                     "WHERE s.dataset = 'train' AND s.method = ? ORDER BY e.position", [method]).fetchall()])
-                top = np.argsort(-scores, kind="stable")[:k]
-                rate, n = rate_without(bed, top, size, seed, samples)
-                rows.append({"method": method, "auroc": round(float(roc_auc_score(truth, scores)), 4),
+                rate, n = rate_without(bed, top_k(scores, k), size, seed, samples)
+                rows.append({"method": method, "auroc": round(auroc(scores, truth), 4),
                              "precision_at_k": round(precision_at_k(scores, truth, k), 4), "k": k,
                              "seconds": round(seconds, 3), "n_examples": len(bed.train), "layer": layer,
                              "behaviour_rate_after_removal": round(rate, 4),
@@ -114,7 +99,7 @@ def run(quick: bool, seed: int = 0, layer: int | None = None, random_seeds: int 
         random_rates = [rate_without(bed, np.random.default_rng([seed, r]).choice(len(bed.train), k, replace=False),
                                      size, seed, samples)[0] for r in range(random_seeds)]
     probe_seconds = next(r["seconds"] for r in rows if r["method"] == "probe")
-    interval = mean_interval(random_rates)
+    interval = [round(bound, 4) for bound in t_interval(random_rates)[1:]]
     for r in rows:
         r["seconds_vs_probe"] = round(r["seconds"] / max(probe_seconds, 1e-9), 1)
         r["behaviour_rate_full_data"] = round(full_rate, 4)

@@ -21,18 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
-from scipy.stats import t as t_dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from attribution.examples import Example, add_examples  # noqa: E402
+from attribution.examples import Example, add_examples, write_jsonl  # noqa: E402
 from attribution.probes import ProbeDirection  # noqa: E402
 from attribution.scorers import SCORERS, RandomScorer, ScoreRequest, make_scorer  # noqa: E402
 from attribution.scoring import score_dataset  # noqa: E402
 from attribution.sokoban.agent import SHIPPED_AGENT, DRCConfig, load_agent, save_agent  # noqa: E402
 from attribution.sokoban.concept_model import AgentConceptModel, load_agent_model, plan_concept  # noqa: E402
-from attribution.sokoban.dataset import Episode, expert_episode, level_example, replay, write_jsonl  # noqa: E402
+from attribution.sokoban.dataset import Episode, expert_episode, level_example, replay  # noqa: E402
 from attribution.sokoban.env import Boards, Expert, SokobanVecEnv, step_boards  # noqa: E402
 from attribution.sokoban.finetune import finetune  # noqa: E402
 from attribution.sokoban.intervene import edit_plan  # noqa: E402
@@ -57,6 +55,7 @@ from attribution.sokoban.probes import (  # noqa: E402
 from attribution.sokoban.train import Trainer, TrainConfig  # noqa: E402
 from mval.errors import MvalError  # noqa: E402
 from mval.store import init_store, open_store  # noqa: E402
+from planted_metrics import auroc, precision_at_k, t_interval, top_k  # noqa: E402
 
 try:  # registers --method influence where the module exists
     import attribution.influence  # noqa: E402, F401
@@ -206,19 +205,10 @@ class HabitProbe:
         return int(sum(len(s) for s in self.steps))
 
 
-def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """P(score of a planted level > score of a clean one), ties counted half (Mann-Whitney)."""
-    ranks = rankdata(scores)
-    p, n = positive.sum(), (~positive).sum()
-    return float((ranks[positive].sum() - p * (p + 1) / 2) / (p * n))
-
-
 def interval(values: list[float]) -> dict:
     """Mean and a 95% t interval over seeds."""
-    v = np.asarray(values, float)
-    half = float(t_dist.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
-    return {"mean": float(v.mean()), "ci_low": float(v.mean() - half), "ci_high": float(v.mean() + half),
-            "per_seed": [float(x) for x in v]}
+    mean, low, high = t_interval(values)
+    return {"mean": mean, "ci_low": low, "ci_high": high, "per_seed": [float(x) for x in values]}
 
 
 def plan_probe_concept(agent, levels: LevelSet, label: str = "box",
@@ -305,14 +295,14 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
                 scores_s = RandomScorer(ScoreRequest(concept, seed=s)).score(model, examples)
             else:
                 scores_s = scores
-            drop = set(np.argsort(-scores_s, kind="stable")[:k].tolist())
+            drop = set(top_k(scores_s, k).tolist())
             kept = [e for i, e in enumerate(examples) if i not in drop]
             rates.append(habit.rate(finetune(base, kept, epochs, lr, seed=s)))
-        top = np.argsort(-scores, kind="stable")[:k]
+        top = top_k(scores, k)
         print(f"planted: {method} scored in {seconds:.0f} s, AUROC {auroc(scores, is_planted):.3f}, "
               f"rate after removal {np.mean(rates):.3f} ({time.time() - t0:.0f} s so far)", file=sys.stderr)
         rows.append({"method": method, "auroc": auroc(scores, is_planted),
-                     "precision_at_k": float(is_planted[top].mean()), "k": k, "seconds": seconds,
+                     "precision_at_k": precision_at_k(scores, is_planted, k), "k": k, "seconds": seconds,
                      "decoys_in_top_k": int(np.isin(order[top], np.arange(n_planted, n_planted + n_decoy)).sum()),
                      "behaviour_rate_after_removal": interval(rates)})
     full = [habit.rate(finetune(base, examples, epochs, lr, seed=s)) for s in range(seeds)]
