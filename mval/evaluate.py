@@ -70,16 +70,19 @@ class _Log:
     features: np.ndarray | None
 
 
-def _query_cells(
-    con: duckdb.DuckDBPyConnection, loggers: Sequence[str] | None, positions: str, with_features: bool,
-    folds: int, seed: int,
-) -> pl.DataFrame:
+def _query_cells(con: duckdb.DuckDBPyConnection, ingests: _Ingests, positions: str, with_features: bool,
+                 folds: int, seed: int) -> pl.DataFrame:
+    """Cells per logger, sorted: SQL groups per ingest; a logger's ingests merge here (a few thousand
+    cells, not the rows), so estimates do not depend on how its rows were split over files."""
     cells = con.sql(load_sql("evaluate_rows"), params={
-        "all_loggers": loggers is None, "loggers": list(loggers or []),
-        "position_in_context": positions == "context", "by_position": positions != "pooled",
+        **ingests.params, "position_in_context": positions == "context", "by_position": positions != "pooled",
         "with_features": with_features,
     }).pl()
-    return _deal_folds(cells, folds, seed)
+    cells = cells.with_columns(logger=pl.col("ingest_id").replace_strict(ingests.logger_of, return_dtype=pl.String))
+    keys = ["logger", *(c for c in cells.columns if c not in ("ingest_id", "logger", "count"))]
+    if len(set(ingests.logger_of.values())) < len(ingests.logger_of):
+        cells = cells.group_by(keys).agg(pl.col("count").sum())
+    return _deal_folds(cells.select(*keys, "count").sort(keys, nulls_last=True), folds, seed)
 
 
 def _deal_folds(cells: pl.DataFrame, folds: int, seed: int) -> pl.DataFrame:
@@ -94,22 +97,34 @@ def _deal_folds(cells: pl.DataFrame, folds: int, seed: int) -> pl.DataFrame:
     )
 
 
-def _check_selection(
-    con: duckdb.DuckDBPyConnection, df: pl.DataFrame, loggers: Sequence[str] | None,
-) -> tuple[str, ...]:
-    """The loggers in order (as given, else sorted); refuse an empty store or unknown logger names."""
+@dataclass(frozen=True)
+class _Ingests:
+    """The chosen loggers (in order: as given, else sorted) and the ingests that hold their rows."""
+
+    loggers: tuple[str, ...]
+    logger_of: dict[int, str]  # ingest_id -> logger, for the chosen ingests
+    everything: bool  # every ingest is chosen: no filter needed
+
+    @property
+    def params(self) -> dict:
+        return {"all_ingests": self.everything, "ingest_ids": sorted(self.logger_of)}
+
+
+def _choose_ingests(con: duckdb.DuckDBPyConnection, loggers: Sequence[str] | None) -> _Ingests:
+    """Refuse an empty store or unknown logger names; each ingest holds one logger's rows."""
     if loggers is not None and not loggers:
         raise MvalError("--loggers: empty list; name at least one logger or leave the option out")
-    found = set(df["logger"].to_list())
+    logger_of = dict(con.execute("SELECT ingest_id, logger FROM ingests").fetchall())
+    found = sorted(set(logger_of.values()))
     if loggers is None:
         if not found:
             raise MvalError("the store has no events: nothing to evaluate; ingest a log first with `mval ingest`")
-        return tuple(sorted(found))
+        return _Ingests(tuple(found), logger_of, True)
     unknown = [name for name in loggers if name not in found]
     if unknown:
-        known = [r[0] for r in con.execute("SELECT DISTINCT logger FROM events ORDER BY 1").fetchall()]
-        raise MvalError(f"--loggers: no rows from logger {unknown[0]!r} (known: {', '.join(known) or 'none'})")
-    return tuple(dict.fromkeys(loggers))
+        raise MvalError(f"--loggers: no rows from logger {unknown[0]!r} (known: {', '.join(found) or 'none'})")
+    chosen = {i: name for i, name in logger_of.items() if name in loggers}
+    return _Ingests(tuple(dict.fromkeys(loggers)), chosen, len(chosen) == len(logger_of))
 
 
 def _n_actions(con: duckdb.DuckDBPyConnection, df: pl.DataFrame, shapes: dict, loggers: tuple[str, ...],
@@ -135,6 +150,15 @@ def _n_actions(con: duckdb.DuckDBPyConnection, df: pl.DataFrame, shapes: dict, l
     return k_log
 
 
+def _shapes(con: duckdb.DuckDBPyConnection, ingests: _Ingests) -> dict:
+    """What the chosen rows carry (evaluate_shapes.sql); list lengths only when some row has a list."""
+    query = load_sql("evaluate_shapes")
+    shapes = con.sql(query, params={**ingests.params, "lengths": False}).pl().row(0, named=True)
+    if shapes["rows_with_action_probs"] or shapes["rows_with_features"]:
+        shapes = con.sql(query, params={**ingests.params, "lengths": True}).pl().row(0, named=True)
+    return shapes
+
+
 def _read_log(
     con: duckdb.DuckDBPyConnection, policy: str, loggers: Sequence[str] | None, positions: str, needs_model: bool,
     folds: int, seed: int,
@@ -144,27 +168,26 @@ def _read_log(
 
     Features are used when every chosen row has a vector, all of one length.
     """
-    df = _query_cells(con, loggers, positions, False, folds, seed)
-    names = _check_selection(con, df, loggers)
+    ingests = _choose_ingests(con, loggers)
+    df = _query_cells(con, ingests, positions, False, folds, seed)
     if positions != "pooled" and df["position"].null_count() == df.height:
         raise MvalError(f"--positions {positions}: the chosen rows have no position; use --positions pooled")
-    shapes = con.sql(load_sql("evaluate_shapes"), params={
-        "all_loggers": loggers is None, "loggers": list(loggers or [])}).pl().row(0, named=True)
-    n_actions = _n_actions(con, df, shapes, names, policy)
+    shapes = _shapes(con, ingests)
+    n_actions = _n_actions(con, df, shapes, ingests.loggers, policy)
     width = shapes["features_max"]
     features = None
     if (needs_model and shapes["rows_with_features"] == shapes["rows"] and width
             and shapes["features_min"] == width):
-        df = _query_cells(con, loggers, positions, True, folds, seed)
+        df = _query_cells(con, ingests, positions, True, folds, seed)
         features = df["features"].list.to_array(int(width)).to_numpy()
     keys = df["context_key"].unique().sort(nulls_last=True)
     context = (df["context_key"].rank("dense").cast(pl.Int64) - 1).fill_null(keys.len() - 1)
-    index = {name: i for i, name in enumerate(names)}
+    index = {name: i for i, name in enumerate(ingests.loggers)}
     cells = {name: df[name].to_numpy() for name in ("action", "propensity", "reward", "fold", "count")}
     cells["logger_index"] = df["logger"].replace_strict(index, return_dtype=pl.Int64).to_numpy()
     cells["context"] = context.to_numpy()
     cells["position"] = df["position"].to_numpy() if positions == "per-position" else np.zeros(df.height)
-    return _Log(names, n_actions, keys.to_numpy(), cells, features)
+    return _Log(ingests.loggers, n_actions, keys.to_numpy(), cells, features)
 
 
 def _policy_matrix(table: PolicyTable, keys: np.ndarray) -> np.ndarray:

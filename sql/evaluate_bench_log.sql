@@ -1,4 +1,4 @@
--- benchmarks/evaluate.py: $rows events from one uniform logger over $actions actions and $contexts contexts;
+-- benchmarks/evaluate.py: $rows events (ingest 1; the script adds its `ingests` row) from one uniform logger over $actions actions and $contexts contexts;
 -- reward ~ Bernoulli(m(x, a)) with m from a hash of (context, action).
 INSERT INTO events (event_id, ingest_id, logger, context_id, action, propensity, reward)
 SELECT

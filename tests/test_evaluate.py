@@ -37,9 +37,17 @@ def write_policy(con, tmp_path: Path, name: str, probs: np.ndarray, contexts=CON
 
 
 def insert_events(con, frame: pl.DataFrame) -> None:
+    """Rows straight into `events`, one new ingest per logger (as `mval ingest` keeps them)."""
+    first = con.execute("SELECT coalesce(max(ingest_id), 0) + 1 FROM ingests").fetchall()[0][0]
+    names = sorted(set(frame["logger"].to_list()))
+    ids = {name: first + i for i, name in enumerate(names)}
+    frame = frame.with_columns(ingest_id=pl.col("logger").replace_strict(ids, return_dtype=pl.Int32))
+    for name, ingest_id in ids.items():
+        con.execute("INSERT INTO ingests VALUES (?, 'test', ?, 'generic', ?, ?, 0, now())",
+                    [ingest_id, f"test-{ingest_id}", name, int((frame["logger"] == name).sum())])
     con.register("staged_events", frame)
-    columns = ", ".join(c for c in frame.columns)
-    con.execute(f"INSERT INTO events (ingest_id, {columns}) SELECT 1, {columns} FROM staged_events")
+    columns = ", ".join(frame.columns)
+    con.execute(f"INSERT INTO events ({columns}) SELECT {columns} FROM staged_events")
     con.unregister("staged_events")
 
 
@@ -121,16 +129,17 @@ def test_model_estimators_use_out_of_fold_context_means(logs):
     path, frame = logs
     with open_store(path, read_only=True) as con:
         result = by_name(evaluate_policy(con, "T-safe", ["A", "B"], ["dm", "dr", "balanced-dr"], seed=3))
+        ingest_of = dict(con.execute("SELECT logger, ingest_id FROM ingests").fetchall())
         cells = con.sql(load_sql("evaluate_rows"), params={
-            "all_loggers": False, "loggers": ["A", "B"], "position_in_context": False, "by_position": False,
-            "with_features": False}).pl()
+            "all_ingests": False, "ingest_ids": [ingest_of["A"], ingest_of["B"]], "position_in_context": False,
+            "by_position": False, "with_features": False}).pl()
     # the documented fold rule: each group of identical rows is dealt over 5 folds, Multinomial(count, 1/5)
     dealt = np.random.default_rng(3).multinomial(cells["count"].to_numpy().astype(int), np.full(5, 0.2))
     assert (dealt.sum(axis=1) == cells["count"].to_numpy()).all() and (dealt.sum(axis=0) > 0).all()
     group, fold = np.nonzero(dealt)
     ctx = np.array([CONTEXTS.index(c) for c in cells["context_key"]])[group]
     a, r, p = (cells[c].to_numpy()[group] for c in ("action", "reward", "propensity"))
-    k = (cells["logger"].to_numpy()[group] == "B").astype(int)
+    k = (cells["ingest_id"].to_numpy()[group] == ingest_of["B"]).astype(int)
     table = cross_fit_means(ctx, a, r, fold, 4, K, 5, dealt[group, fold])  # the documented default model, by hand
     q = table[fold, ctx]
     pibar = (0.6 * UNIFORM + 0.4 * LOGGER_B)[ctx, a]
@@ -298,3 +307,24 @@ def test_features_are_used_only_when_every_chosen_row_has_them(tmp_path):
     with open_store(path, read_only=True) as con:
         assert evaluate_policy(con, "T", ["A"], ["dr"]).reward_model == "cross-fitted linear/logistic on features"
         assert "features" not in evaluate_policy(con, "T", ["A", "B"], ["dm"]).reward_model
+
+
+def test_a_logger_over_several_ingests_is_one_logger(logs, tmp_path):
+    """Rows are read per ingest: a logger's rows split over two ingests give the same estimates."""
+    path, frame = logs
+    split = init_store(tmp_path / "split.duckdb")
+    with open_store(split) as con:
+        insert_events(con, frame.gather_every(2))  # every logger in both halves: two ingests each
+        insert_events(con, frame.gather_every(2, offset=1))
+        write_policy(con, tmp_path, "A", UNIFORM[:1], contexts=[""])
+        write_policy(con, tmp_path, "B", LOGGER_B)
+        write_policy(con, tmp_path, "T-safe", TARGET_SAFE)
+        assert con.execute("SELECT count(*) FROM ingests").fetchall()[0][0] == 2 * len(SIZES)
+    names = ["ips", "snips", "balanced-ips", "dr"]
+    with open_store(path, read_only=True) as one, open_store(split, read_only=True) as two:
+        for loggers in (["A", "B"], ["B"]):
+            a = by_name(evaluate_policy(one, "T-safe", loggers, names))
+            b = by_name(evaluate_policy(two, "T-safe", loggers, names))
+            for name in names:
+                assert (b[name].estimate, b[name].std_error, b[name].n) == pytest.approx(
+                    (a[name].estimate, a[name].std_error, a[name].n)), (loggers, name)
