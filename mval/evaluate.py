@@ -85,15 +85,26 @@ def _query_cells(con: duckdb.DuckDBPyConnection, ingests: _Ingests, positions: s
     return _deal_folds(cells.select(*keys, "count").sort(keys, nulls_last=True), folds, seed)
 
 
+def deal_folds(counts: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """(cells, folds) fold sizes: each cell's count split Multinomial(count, 1/folds), drawn as
+    conditional binomials (fold j gets Binomial(left, 1/(folds - j)) of what the earlier folds left),
+    one vectorised draw per fold. Identical rows are exchangeable, so this is a random fold per row."""
+    rng = np.random.default_rng(seed)
+    left = counts.astype(np.int64)
+    sizes = np.empty((left.size, folds), dtype=np.int64)
+    for j in range(folds - 1):
+        sizes[:, j] = rng.binomial(left, 1.0 / (folds - j))
+        left = left - sizes[:, j]
+    sizes[:, -1] = left
+    return sizes
+
+
 def _deal_folds(cells: pl.DataFrame, folds: int, seed: int) -> pl.DataFrame:
-    """Cross-fitting folds for rows stored once with a count: identical rows are exchangeable, so each
-    group's count is split over the folds by a seeded multinomial draw (one output row per non-empty fold)."""
-    counts = np.random.default_rng(seed).multinomial(
-        cells["count"].to_numpy().astype(np.int64), np.full(folds, 1.0 / folds)
-    )
-    group, fold = np.nonzero(counts)
+    """The cells split by cross-fitting fold (`deal_folds`), one output row per non-empty (cell, fold)."""
+    sizes = deal_folds(cells["count"].to_numpy(), folds, seed)
+    group, fold = np.nonzero(sizes)
     return cells[group].with_columns(
-        fold=pl.Series(fold, dtype=pl.Int64), count=pl.Series(counts[group, fold], dtype=pl.Float64)
+        fold=pl.Series(fold, dtype=pl.Int64), count=pl.Series(sizes[group, fold], dtype=pl.Float64)
     )
 
 

@@ -13,7 +13,7 @@ from cli import main
 from mval.commands.evaluate import evaluate
 from mval.errors import MvalError
 from mval.estimators import LoggedData, make_estimator
-from mval.evaluate import evaluate_policy
+from mval.evaluate import deal_folds, evaluate_policy
 from mval.policies import add_policy
 from mval.reward_model import cross_fit_means
 from mval.store import init_store, load_sql, open_store
@@ -134,7 +134,7 @@ def test_model_estimators_use_out_of_fold_context_means(logs):
             "all_ingests": False, "ingest_ids": [ingest_of["A"], ingest_of["B"]], "position_in_context": False,
             "by_position": False, "with_features": False}).pl()
     # the documented fold rule: each group of identical rows is dealt over 5 folds, Multinomial(count, 1/5)
-    dealt = np.random.default_rng(3).multinomial(cells["count"].to_numpy().astype(int), np.full(5, 0.2))
+    dealt = deal_folds(cells["count"].to_numpy(), 5, seed=3)
     assert (dealt.sum(axis=1) == cells["count"].to_numpy()).all() and (dealt.sum(axis=0) > 0).all()
     group, fold = np.nonzero(dealt)
     ctx = np.array([CONTEXTS.index(c) for c in cells["context_key"]])[group]
@@ -328,3 +328,15 @@ def test_a_logger_over_several_ingests_is_one_logger(logs, tmp_path):
             for name in names:
                 assert (b[name].estimate, b[name].std_error, b[name].n) == pytest.approx(
                     (a[name].estimate, a[name].std_error, a[name].n)), (loggers, name)
+
+
+def test_fold_dealing_is_multinomial():
+    """deal_folds (conditional binomials) against the multinomial: totals kept, each fold Binomial(c, 1/5)
+    (mean c/5, variance c (1/5)(4/5), within 10%), folds negatively correlated (cov -c/25)."""
+    counts = np.full(20_000, 50)
+    sizes = deal_folds(counts, 5, seed=0)
+    assert (sizes.sum(axis=1) == counts).all() and (sizes >= 0).all()
+    assert np.abs(sizes.mean(axis=0) - 10).max() < 3 * np.sqrt(8 / 20_000)
+    assert sizes.var(axis=0) == pytest.approx(np.full(5, 50 * 0.2 * 0.8), rel=0.1)
+    assert np.cov(sizes[:, 0], sizes[:, 4])[0, 1] == pytest.approx(-50 / 25, rel=0.1)
+    assert (deal_folds(counts, 5, seed=0) == sizes).all() and not (deal_folds(counts, 5, seed=1) == sizes).all()
