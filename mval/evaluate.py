@@ -78,7 +78,12 @@ def _query_cells(con: duckdb.DuckDBPyConnection, ingests: _Ingests, positions: s
         **ingests.params, "position_in_context": positions == "context", "by_position": positions != "pooled",
         "with_features": with_features,
     }).pl()
-    cells = cells.with_columns(logger=pl.col("ingest_id").replace_strict(ingests.logger_of, return_dtype=pl.String))
+    cells = cells.with_columns(logger=pl.col("ingest_id").replace_strict(ingests.logger_of, default=None,
+                                                                         return_dtype=pl.String))
+    if cells["logger"].null_count():
+        orphan = cells.filter(pl.col("logger").is_null())["ingest_id"][0]
+        raise MvalError(f"the store's events of ingest {orphan} have no row in `ingests`: they were not added by "
+                        "`mval ingest`; re-ingest those rows with `mval ingest` into a new store")
     keys = ["logger", *(c for c in cells.columns if c not in ("ingest_id", "logger", "count"))]
     if len(set(ingests.logger_of.values())) < len(ingests.logger_of):
         cells = cells.group_by(keys).agg(pl.col("count").sum())

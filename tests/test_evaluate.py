@@ -340,3 +340,13 @@ def test_fold_dealing_is_multinomial():
     assert sizes.var(axis=0) == pytest.approx(np.full(5, 50 * 0.2 * 0.8), rel=0.1)
     assert np.cov(sizes[:, 0], sizes[:, 4])[0, 1] == pytest.approx(-50 / 25, rel=0.1)
     assert (deal_folds(counts, 5, seed=0) == sizes).all() and not (deal_folds(counts, 5, seed=1) == sizes).all()
+
+
+def test_rows_written_around_mval_ingest_are_refused(logs):
+    """Evaluation reads each ingest's logger from `ingests`: events that bypassed `mval ingest` are named."""
+    path, frame = logs
+    with open_store(path) as con:
+        con.execute("INSERT INTO events (event_id, ingest_id, logger, context_id, action, propensity, reward) "
+                    "VALUES (99999, 77, 'A', 'c0', 0, 0.5, 1.0)")
+    with open_store(path, read_only=True) as con, pytest.raises(MvalError, match="ingest 77 have no row in `ingests`"):
+        evaluate_policy(con, "T-safe", None, ["snips"])
