@@ -133,6 +133,8 @@ def test_model_estimators_use_out_of_fold_context_means(logs):
         cells = con.sql(load_sql("evaluate_rows"), params={
             "all_ingests": False, "ingest_ids": [ingest_of["A"], ingest_of["B"]], "position_in_context": False,
             "by_position": False, "with_features": False}).pl()
+    # cells in the documented order: logger (one ingest each here, numbered in name order), then the keys
+    cells = cells.sort(["ingest_id", "context_key", "position", "action", "propensity", "reward"], nulls_last=True)
     # the documented fold rule: each group of identical rows is dealt over 5 folds, Multinomial(count, 1/5)
     dealt = deal_folds(cells["count"].to_numpy(), 5, seed=3)
     assert (dealt.sum(axis=1) == cells["count"].to_numpy()).all() and (dealt.sum(axis=0) > 0).all()
