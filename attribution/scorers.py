@@ -44,7 +44,8 @@ class ScoreRequest:
     proj_dim: int = field(default=4096, metadata={"help": "dimensions of the projected gradients"})
     cache_dir: Path | None = field(default=None, metadata={"help": "where projected gradients are cached"})
     damping: float | None = field(default=None, metadata={
-        "help": "lambda of influence's (H + lambda I)^-1; None: 0.1 x the mean EK-FAC eigenvalue"})
+        "help": "lambda of influence's (H + lambda I)^-1, one for all modules; None: 0.1 x the mean EK-FAC "
+                "eigenvalue over the tracked modules"})
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -81,8 +81,10 @@ def run(quick: bool, seed: int = 0, layer: int | None = None, random_seeds: int 
                 request = ScoreRequest(concept, tuple(bed.queries), seed=seed, batch_size=32, proj_dim=4096,
                                        cache_dir=tmp / "cache", damping=damping)
                 begin = time.perf_counter()
-                score_dataset(con, "train", method, "hostile", model, make_scorer(method, request), request)
+                scorer = make_scorer(method, request)
+                score_dataset(con, "train", method, "hostile", model, scorer, request)
                 seconds = time.perf_counter() - begin
+                used = scorer.damping(model) if hasattr(scorer, "damping") else None  # influence's lambda
                 scores = np.array([r[0] for r in con.execute(
                     "SELECT s.score FROM scores s JOIN examples e USING (dataset, example_id) "
                     "WHERE s.dataset = 'train' AND s.method = ? ORDER BY e.position", [method]).fetchall()])
@@ -93,7 +95,8 @@ def run(quick: bool, seed: int = 0, layer: int | None = None, random_seeds: int 
                              "behaviour_rate_after_removal": round(rate, 4),
                              "behaviour_rate_interval": wilson(rate * n, n), "n_sampled_answers": n,
                              "probe_held_out_accuracy": round(report.held_out_accuracy, 4),
-                             "build_seconds": round(build_seconds, 1), "finetune_loss": round(bed.finetune_loss, 4)})
+                             "build_seconds": round(build_seconds, 1), "finetune_loss": round(bed.finetune_loss, 4),
+                             **({"damping": float(f"{used:.4g}")} if used is not None else {})})
         full_rate, _ = hostile_rate(load_hf_model(bed.model_dir), behaviour_prompts(), samples, seed=seed)
         clean_rate, _ = rate_without(bed, np.flatnonzero(bed.planted), size, seed, samples)
         random_rates = [rate_without(bed, np.random.default_rng([seed, r]).choice(len(bed.train), k, replace=False),
@@ -122,7 +125,7 @@ def main() -> None:
     parser.add_argument("--random-seeds", type=int, default=5, help="random top-k removals to compare with")
     parser.add_argument("--samples", type=int, default=8, help="sampled answers per held-out prompt")
     parser.add_argument("--damping", type=float, default=None,
-                        help="influence's lambda (default: 0.1 x the mean EK-FAC eigenvalue)")
+                        help="influence's lambda (default: 0.1 x the mean EK-FAC eigenvalue over the tracked modules)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = run(args.quick, args.seed, args.layer, args.random_seeds, args.samples, args.damping)

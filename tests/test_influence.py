@@ -86,6 +86,58 @@ def test_ekfac_is_exact_on_a_kronecker_factored_model():
 
 
 
+class TwoLinear:
+    """Two nn.Linear heads summed, a(x[:4]) + b(x[4:]): example text "x1 .. x6 y", loss (pred - y)^2 / 2,
+    layer 1 = the prediction. With residuals +-1 each module's Fisher block is exactly mean x_m x_m^T
+    (EK-FAC is exact per block; like kronfluence, the cross-module blocks are left out)."""
+
+    n_layers, d_model = 1, 1
+
+    def __init__(self):
+        torch.manual_seed(2)
+        self.module = torch.nn.ModuleDict({"a": torch.nn.Linear(4, 1, bias=False),
+                                           "b": torch.nn.Linear(2, 1, bias=False)}).double()
+
+    def encode(self, examples: Sequence[Example]) -> Batch:
+        values = torch.tensor([[float(v) for v in e.text.split()] for e in examples], dtype=torch.float64)
+        return Batch({"x": values[:, None, :6], "y": values[:, 6]}, torch.ones(len(examples), 1, dtype=torch.bool))
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module["a"](x[..., :4]) + self.module["b"](x[..., 4:])
+
+    def hidden_states(self, batch: Batch, layer: int) -> torch.Tensor:
+        return self.predict(batch.inputs["x"]) if layer else batch.inputs["x"][..., :1]
+
+    def example_losses(self, batch: Batch) -> torch.Tensor:
+        return 0.5 * (self.predict(batch.inputs["x"])[:, 0, 0] - batch.inputs["y"]) ** 2
+
+
+def test_default_damping_is_one_lambda_from_the_mean_eigenvalue_of_all_modules():
+    model = TwoLinear()
+    w = torch.cat([model.module["a"].weight, model.module["b"].weight], 1).detach().numpy()[0]
+
+    def data(n: int, seed: int) -> tuple[list[Example], np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(n, 6)) * np.array([2.0, 1.0, 0.5, 0.3, 6.0, 4.0])  # module b: 20x the curvature
+        residual = rng.choice([-1.0, 1.0], size=n)
+        texts = [" ".join(f"{v:.17g}" for v in [*row, t]) for row, t in zip(x, x @ w - residual)]
+        return [Example(f"r{seed}-{i}", text=t) for i, t in enumerate(texts)], x, residual
+
+    train, x, residual = data(40, 0)
+    queries, xq, _ = data(5, 1)
+    request = ScoreRequest(ProbeDirection(np.ones(1, np.float32), 1, "mean"), tuple(queries), batch_size=8)
+    scorer = make_scorer("influence", request)
+    got = scorer.score(model, train)
+
+    blocks = [slice(0, 4), slice(4, 6)]
+    hessians = [x[:, b].T @ x[:, b] / len(x) for b in blocks]  # per-module Gauss-Newton of the mean loss
+    damping = 0.1 * np.concatenate([np.linalg.eigvalsh(h) for h in hessians]).mean()
+    grad_l, grad_f = residual[:, None] * x, xq.mean(0)
+    expected = -sum(grad_l[:, b] @ np.linalg.solve(h + damping * np.eye(h.shape[0]), grad_f[b])
+                    for b, h in zip(blocks, hessians, strict=True))
+    assert scorer.damping(model) == pytest.approx(damping, rel=1e-9)
+    assert np.allclose(got, expected, rtol=1e-8, atol=1e-10)
+
 
 CONCEPT = ProbeDirection(np.random.default_rng(0).normal(size=16).astype(np.float32), 1, "mean")
 
