@@ -211,19 +211,21 @@ def interval(values: list[float]) -> dict:
     return {"mean": mean, "ci_low": low, "ci_high": high, "per_seed": [float(x) for x in values]}
 
 
-def plan_probe_concept(agent, levels: LevelSet, label: str = "box",
-                       direction: str = "left") -> tuple[ProbeDirection, dict]:
-    """The best single-layer plan probe (`label` box: pushes, agent: moves) of `agent` on `levels`, as the
-    `direction` plan concept."""
+def plan_probe_concepts(agent, levels: LevelSet, label: str = "box",
+                        direction: str = "left") -> tuple[ProbeDirection, dict, dict[str, ProbeDirection]]:
+    """The `direction` plan concept of the best single-layer plan probe (by held-out macro F1; `label` box:
+    pushes, agent: moves, move: the next move at the player's square) of `agent` on `levels`, its report,
+    and the concept of every layer's probe (h1, c1, ...) for the per-source diagnostic."""
     fit, test = split_by_level(probe_data(rollout(agent, levels, keep_states=True), label), 0.5, seed=0)
-    best, best_f1 = None, -1.0
+    concepts, f1s = {}, {}
     for source in [f"{k}{d + 1}" for d in range(agent.config.layers) for k in "hc"]:
         probe = fit_probe(fit.features[source], fit.labels, source, label)
-        f1 = f1_per_direction(test.labels, probe.predict(test.features[source]))
-        if f1.mean() > best_f1:
-            best, best_f1, best_left = probe, float(f1.mean()), float(f1[LEFT])
-    concept = plan_concept(best, direction, agent.config.layers)
-    return concept, {"label": label, "source": best.source, "macro_f1": best_f1, "left_f1": best_left}
+        f1s[source] = f1_per_direction(test.labels, probe.predict(test.features[source]))
+        concepts[source] = plan_concept(probe, direction, agent.config.layers)
+    best = max(f1s, key=lambda k: f1s[k].mean())
+    info = {"label": label, "source": best, "read_at": concepts[best].source, "macro_f1": float(f1s[best].mean()),
+            "left_f1": float(f1s[best][LEFT])}
+    return concepts[best], info, concepts
 
 
 def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, seeds: int | None = None,
@@ -266,7 +268,7 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
     print(f"planted: setup {setup_seconds:.0f} s, fine-tuned in {time.time() - t0 - setup_seconds:.0f} s, "
           f"habit {habit.rate(base):.3f} -> {habit.rate(tuned):.3f} on {habit.n_states} states", file=sys.stderr)
     probe_levels = held_out(n_probe_levels, np.concatenate([exclude, level_hashes(pool)]), seed=4242)
-    concept, probe_info = plan_probe_concept(tuned, probe_levels, label)
+    concept, probe_info, by_source = plan_probe_concepts(tuned, probe_levels, label)
 
     store = init_store(tmp / "planted.duckdb")
     write_jsonl(tmp / "planted.jsonl", examples)
@@ -277,7 +279,7 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
     k = n_planted
     rows = []
     for method in methods:
-        request = ScoreRequest(concept, queries, seed=0, batch_size=16, proj_dim=8192, cache_dir=None)
+        request = ScoreRequest(concept, queries, seed=0, batch_size=16, proj_dim=8192, cache_dir=tmp / "cache")
         start = time.time()
         try:
             with open_store(store) as con:
@@ -289,10 +291,11 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
             continue
         seconds = time.time() - start
         scores = np.array([got[e.example_id] for e in examples])
-        rates = []
+        rates, seed_aurocs = [], []
         for s in range(seeds):
             if method == "random":  # a fresh random k per seed
                 scores_s = RandomScorer(ScoreRequest(concept, seed=s)).score(model, examples)
+                seed_aurocs.append(auroc(scores_s, is_planted))
             else:
                 scores_s = scores
             drop = set(top_k(scores_s, k).tolist())
@@ -305,6 +308,15 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
                      "precision_at_k": precision_at_k(scores, is_planted, k), "k": k, "seconds": seconds,
                      "decoys_in_top_k": int(np.isin(order[top], np.arange(n_planted, n_planted + n_decoy)).sum()),
                      "behaviour_rate_after_removal": interval(rates)})
+        if seed_aurocs:  # random's AUROC over the removal seeds: one draw says little (sd ~0.065 here)
+            rows[-1]["auroc_over_seeds"] = interval(seed_aurocs)
+    # the gradient method with every layer's probe concept (projected gradients from the cache): which
+    # layer's plan direction moves with the habit's levels
+    by_source_auroc = {}
+    for source, c in by_source.items():
+        g = make_scorer("gradient", ScoreRequest(c, queries, seed=0, batch_size=16, proj_dim=8192,
+                                                 cache_dir=tmp / "cache")).score(model, examples)
+        by_source_auroc[c.source] = auroc(g, is_planted)
     full = [habit.rate(finetune(base, examples, epochs, lr, seed=s)) for s in range(seeds)]
     oracle = [habit.rate(finetune(base, [e for e, p in zip(examples, is_planted) if not p], epochs, lr, seed=s))
               for s in range(seeds)]
@@ -312,6 +324,7 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
         "training_levels": len(examples), "planted": n_planted, "decoys": n_decoy, "clean": n_clean,
         "habit_states": habit.n_states, "queries": len(queries), "epochs": epochs, "lr": lr, "seeds": seeds,
         "concept": probe_info,
+        "gradient_auroc_by_probe_source": by_source_auroc,
         "behaviour_rate_base_agent": habit.rate(base),
         "behaviour_rate_after_finetune": habit.rate(tuned),
         "greedy_rate_base_agent": habit.greedy_rate(base),
@@ -333,8 +346,10 @@ def main() -> None:
     parser.add_argument("--train-seconds", type=float, default=2100.0, help="training time without --quick")
     parser.add_argument("--planted-only", action="store_true", help="run only the planted-habit attribution test")
     parser.add_argument("--seeds", type=int, default=None, help="fine-tuning seeds of the planted test")
-    parser.add_argument("--planted-label", choices=("box", "agent"), default="box",
-                        help="concept of the planted test: the left plan of the box-push or the player-move probe")
+    parser.add_argument("--planted-label", choices=("box", "agent", "move"), default="box",
+                        help="concept of the planted test: the left plan of the box-push probe (mean over squares), "
+                             "of the player-leaves-square probe (mean over squares), or of the next-move probe "
+                             "read at the player's square")
     args = parser.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()

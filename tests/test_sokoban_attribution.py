@@ -44,7 +44,7 @@ def concept_file(tmp_path_factory, agent):
     probe = PlanProbe(rng.normal(size=(5, c)).astype(np.float32), np.zeros(5, np.float32),
                       np.zeros(c, np.float32), np.ones(c, np.float32), "c2", "box")
     path = tmp_path_factory.mktemp("c") / "push-left.safetensors"
-    plan_concept(probe, "left", agent.n_layers).save(path)
+    plan_concept(probe, "left", agent.module.config.layers).save(path)
     return path
 
 
@@ -207,8 +207,57 @@ def test_plan_concept_is_the_probe_direction_averaged_over_squares(agent):
     rng = np.random.default_rng(1)
     c = agent.module.config.channels
     probe = PlanProbe(rng.normal(size=(5, c)), rng.normal(size=5), rng.normal(size=c), rng.random(c) + 0.5, "c1", "box")
-    concept = plan_concept(probe, "left", agent.n_layers)
+    concept = plan_concept(probe, "left", agent.module.config.layers)
     h, cell = rng.normal(size=(36, c)), rng.normal(size=(36, c))  # one board's h1 and c1 at its 36 squares
     u = probe.direction(2)
     assert concept.layer == 1 and concept.position == "mean" and not concept.vector[:c].any()
     assert concept.vector @ np.concatenate([h, cell], 1).mean(0) == pytest.approx((cell @ u).mean(), abs=1e-5)
+
+
+def test_player_square_layers_read_the_state_where_the_player_stands(level_file, agent):
+    levels = read_levels(level_file)
+    examples = [level_example(levels.level(i), expert_episode(levels.level(i))) for i in range(2)]
+    batch = agent.encode(examples)
+    depth = agent.module.config.layers
+    assert agent.n_layers == 2 * depth
+    net = load_agent(SHIPPED_AGENT)
+    level, episode = decode(examples[1])
+    obs, _, _ = replay(level, episode.actions)
+    state, at_player, means = net.initial_state(1), [], []
+    with torch.no_grad():
+        for t in range(len(obs)):
+            _, _, state = net.step(torch.from_numpy(obs[t : t + 1]), state)
+            row, col = np.argwhere(obs[t, 3] > 0.5)[0]
+            x = torch.cat([state[0][0], state[1][0]], 1)[0]  # layer 1: [2C, H, W]
+            at_player.append(x[:, row, col].numpy())
+            means.append(x.mean((1, 2)).numpy())
+        player = agent.hidden_states(batch, depth + 1)[1, : len(obs)].numpy()
+        mean = agent.hidden_states(batch, 1)[1, : len(obs)].numpy()
+    assert np.allclose(player, np.stack(at_player), atol=1e-5) and np.allclose(mean, np.stack(means), atol=1e-5)
+    assert not np.allclose(player, mean)
+
+
+@pytest.mark.parametrize("label, squares, layer, suffix", [
+    ("box", None, 2, ":left"), ("box", "player", 4, ":left:player"),
+    ("move", None, 4, ":left:player"), ("move", "all", 2, ":left"),
+])
+def test_plan_concept_reads_at_the_chosen_squares(label, squares, layer, suffix):
+    probe = PlanProbe(np.eye(5, 16), np.zeros(5), np.zeros(16), np.ones(16), "h2", label)
+    concept = plan_concept(probe, "left", 2, squares)
+    assert concept.layer == layer and concept.source.endswith(suffix) and concept.vector[:16].any()
+
+
+def test_mval_sokoban_concept_squares_player_scores_at_the_player(level_file, tmp_path):
+    rng = np.random.default_rng(2)
+    probe = PlanProbe(rng.normal(size=(5, 16)).astype(np.float32), np.zeros(5, np.float32),
+                      np.zeros(16, np.float32), np.ones(16, np.float32), "c1", "move")
+    probe.save(tmp_path / "move.safetensors")
+    out = json.loads(mval("sokoban", "concept", tmp_path / "move.safetensors", "--direction", "left",
+                          "-o", tmp_path / "c.safetensors", "--format", "json").stdout)[0]
+    assert out["layer"] == 3 and out["source"].endswith(":player")  # D + d = 2 + 1
+    store = init_store(tmp_path / "s.duckdb")
+    mval("sokoban", "dataset", level_file, "-o", tmp_path / "l.jsonl", "--store", store, "--dataset", "levels")
+    mval("score", store, "--model", SHIPPED_AGENT, "--dataset", "levels", "--concept", tmp_path / "c.safetensors",
+         "--method", "probe")
+    mval("sokoban", "concept", tmp_path / "move.safetensors", "--direction", "left", "--squares", "bogus",
+         "-o", tmp_path / "x.safetensors", ok=False)

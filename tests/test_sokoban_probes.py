@@ -63,6 +63,11 @@ def test_labels_from_a_hand_written_episode():
     assert agent[3, sq(1, 3)] == DOWN and agent[4, sq(1, 3)] == NONE
     assert agent[4, sq(2, 3)] == RIGHT and agent[5, sq(2, 4)] == RIGHT and agent[6, sq(2, 5)] == UP
     assert agent[7, sq(1, 5)] == LEFT and agent[8, sq(1, 4)] == DOWN and agent[9, sq(2, 4)] == DOWN
+    # move: only the player's square is labelled, with the move made there (the bump at t2 included)
+    move = future_labels(r, "move")[:, 0]
+    assert ((move != NONE).sum(1) == 1).all()
+    assert [int(np.flatnonzero(m != NONE)[0]) for m in move] == r.player[:, 0].tolist()
+    assert [int(m[p]) for m, p in zip(move, r.player[:, 0])] == actions
 
 
 def test_f1_against_a_hand_count_and_a_perfect_probe(tmp_path):
@@ -87,5 +92,5 @@ def test_f1_against_a_hand_count_and_a_perfect_probe(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a probe")
     with pytest.raises(MvalError, match="not a safetensors Sokoban plan probe file"):
         load_probe(tmp_path / "bad.safetensors")
-    with pytest.raises(MvalError, match="unknown; use box or agent"):
+    with pytest.raises(MvalError, match="unknown; use box, agent or move"):
         future_labels(hand_rollout("#####\n#@$.#\n#####", [RIGHT]), "boxes")

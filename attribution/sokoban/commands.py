@@ -156,8 +156,9 @@ def play(levels_path, agent, thinking_steps, max_steps, render, render_level, pr
 @sokoban.command()
 @_levels_option
 @_agent_option
-@click.option("--label", type=click.Choice(["box", "agent"]), default="box", show_default=True,
-              help="box: direction the box on a square is next pushed; agent: direction the player next leaves it.")
+@click.option("--label", type=click.Choice(["box", "agent", "move"]), default="box", show_default=True,
+              help="box: direction the box on a square is next pushed; agent: direction the player next leaves it; "
+                   "move: the agent's next move, read at the player's square only.")
 @click.option("--test-fraction", default=0.5, show_default=True, help="Share of levels held out for F1.")
 @click.option("--thinking-steps", default=0, show_default=True)
 @click.option("--top", default=3, show_default=True, help="Single channels listed per direction.")
@@ -167,19 +168,25 @@ def play(levels_path, agent, thinking_steps, max_steps, render, render_level, pr
               help="Also save the best probe's --direction plan as a concept file for `mval score`.")
 @click.option("--direction", type=click.Choice(ACTIONS), default="left", show_default=True,
               help="Which push direction --concept-out saves.")
+@click.option("--squares", type=click.Choice(["all", "player"]), default=None,
+              help="Where --concept-out reads the plan: averaged over all squares, or at the player's square "
+                   "[default: player for --label move, all otherwise].")
 @click.option("--seed", default=0, show_default=True)
 @format_option("table", "json")
-def probe(levels_path, agent, label, test_fraction, thinking_steps, top, output, concept_out, direction, seed,
-          fmt) -> None:
+def probe(levels_path, agent, label, test_fraction, thinking_steps, top, output, concept_out, direction, squares,
+          seed, fmt) -> None:
     """Fit 1x1 plan probes per layer (h and c) and on the observation; F1 per direction on held-out levels.
 
-    With --concept-out, the best probe's plan for --direction, averaged over squares, is saved as a
-    concept for `mval score --model AGENT --concept FILE` (see `mval sokoban dataset`).
+    With --concept-out, the best probe's plan for --direction, averaged over squares (or read at the
+    player's square, --squares player), is saved as a concept for `mval score --model AGENT --concept
+    FILE` (see `mval sokoban dataset`). --label move fits the probe on the decisions themselves (the
+    state at the player's square, labelled with the move the agent makes there).
 
     \b
     Example:
       mval sokoban probe --levels levels.txt -o push.safetensors --format json
       mval sokoban probe --levels levels.txt --concept-out push-left.safetensors --direction left
+      mval sokoban probe --levels levels.txt --label move --concept-out move-left.safetensors
     """
     from attribution.sokoban.play import rollout
     from attribution.sokoban.probes import evaluate_probes, probe_data, rank_channels, split_by_level
@@ -201,7 +208,7 @@ def probe(levels_path, agent, label, test_fraction, thinking_steps, top, output,
     if concept_out is not None:
         from attribution.sokoban.concept_model import plan_concept
 
-        plan_concept(probes[best.source], direction, model.config.layers).save(concept_out)
+        plan_concept(probes[best.source], direction, model.config.layers, squares).save(concept_out)
     if fmt == "json":
         click.echo(json.dumps({
             "probes": [s.to_dict() for s in scores],
@@ -223,21 +230,27 @@ def probe(levels_path, agent, label, test_fraction, thinking_steps, top, output,
 @click.argument("probe_path", metavar="PROBE", type=click.Path(dir_okay=False))
 @click.option("--direction", type=click.Choice(ACTIONS), required=True, help="Which push direction to save.")
 @_agent_option
+@click.option("--squares", type=click.Choice(["all", "player"]), default=None,
+              help="Read the plan averaged over all squares, or at the player's square (where the next move is "
+                   "decided) [default: player for a --label move probe, all otherwise].")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Concept file to write.")
 @format_option("table", "json")
-def concept(probe_path, direction, agent, output, fmt) -> None:
+def concept(probe_path, direction, agent, squares, output, fmt) -> None:
     """Turn a plan probe (`mval sokoban probe -o`) into a concept file for `mval score`.
 
-    The concept reads the probe's --direction plan averaged over squares and over the episode's steps.
+    The concept reads the probe's --direction plan at --squares (the mean over all squares, or the
+    player's square), averaged over the episode's steps. A player-square concept is saved at layer
+    D + d of the agent's activations (D: the agent's depth, d: the probe's layer).
 
     \b
     Example:
       mval sokoban concept push.safetensors --direction left -o push-left.safetensors
+      mval sokoban concept move.safetensors --direction left --squares player -o move-left.safetensors
     """
     from attribution.sokoban.concept_model import plan_concept
     from attribution.sokoban.probes import load_probe
 
-    made = plan_concept(load_probe(probe_path), direction, load_agent(agent).config.layers)
+    made = plan_concept(load_probe(probe_path), direction, load_agent(agent).config.layers, squares)
     made.save(output)
     emit([{**made.to_dict(), "path": output}], fmt)
 

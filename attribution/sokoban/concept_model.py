@@ -5,8 +5,11 @@
   -1: none or padding); `mask` [B, T] marks real steps. Time steps are the T axis.
 - `hidden_states(batch, layer)`: for layer d in 1..D, [h_d, c_d] (the ConvLSTM's hidden and cell state
   after the step's last tick) averaged over the board's squares: [B, T, 2C]; layer 0 is the encoder
-  output e with C zeros appended. A per-square plan probe with weights w on h_d (or c_d) is, averaged
-  over squares, v . hidden_states with v = [w, 0] (or [0, w]); see `plan_concept`.
+  output e with C zeros appended. Layers D+1..2D read the same states at the player's square only
+  (layer D + d: [h_d, c_d] at the square the player stands on before the step's move), where the
+  agent's next decision is made. A per-square plan probe with weights w on h_d (or c_d) is, averaged
+  over squares (or at the player's square), v . hidden_states with v = [w, 0] (or [0, w]); see
+  `plan_concept`. `n_layers` is therefore 2D.
 - `example_losses(batch)`: mean over the taught steps of -log pi(target | history): the imitation
   (cross-entropy) loss of the level's episode, [B].
 
@@ -38,7 +41,7 @@ class AgentConceptModel:
 
     def __init__(self, agent: DRC):
         self.module = agent.eval()
-        self.n_layers = agent.config.layers
+        self.n_layers = 2 * agent.config.layers  # 1..D: mean over squares; D+1..2D: at the player's square
         self.d_model = 2 * agent.config.channels
         self._replays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -78,10 +81,20 @@ class AgentConceptModel:
             h_top = state[0][-1]
             logits.append(agent.policy(agent.mlp(torch.cat([h_top, e], 1))))
             if layer is not None:
-                x = torch.cat([e, torch.zeros_like(e)], 1) if layer == 0 else torch.cat(
-                    [state[0][layer - 1], state[1][layer - 1]], 1)
-                features.append(x.mean((2, 3)))
+                features.append(self._read(e, state, layer, obs[:, t]))
         return (torch.stack(features, 1) if layer is not None else None), torch.stack(logits, 1)
+
+    def _read(self, e: torch.Tensor, state, layer: int, obs: torch.Tensor) -> torch.Tensor:
+        """[B, 2C] features of `layer` at one step (see the module docstring)."""
+        if layer == 0:
+            return torch.cat([e, torch.zeros_like(e)], 1).mean((2, 3))
+        depth = self.module.config.layers
+        d = (layer - 1) % depth
+        x = torch.cat([state[0][d], state[1][d]], 1)
+        if layer <= depth:
+            return x.mean((2, 3))
+        player = obs[:, 3].flatten(1).argmax(1)  # padding steps read square 0; the mask drops them
+        return x.flatten(2)[torch.arange(x.shape[0]), :, player]
 
     def hidden_states(self, batch: Batch, layer: int) -> torch.Tensor:
         return self._run(batch.inputs["obs"], layer)[0]
@@ -110,13 +123,21 @@ def load_agent_model(path: str | Path) -> AgentConceptModel:
     return AgentConceptModel(agent)
 
 
-def plan_concept(probe: PlanProbe, direction: str | int, n_layers: int) -> ProbeDirection:
+SQUARES = ("all", "player")
+
+
+def plan_concept(probe: PlanProbe, direction: str | int, n_layers: int, squares: str | None = None) -> ProbeDirection:
     """The direction-`direction` plan of a per-square probe on h_d or c_d, as a concept at layer d.
 
     v = [u, 0] (probe on h_d) or [0, u] (on c_d), u = `probe.direction(d)` (unit, raw state units), so
-    v . hidden_states = the mean over squares of u . h_d(square): how strongly the agent plans pushes in
-    that direction, anywhere on the board. Position "mean": averaged over the episode's steps.
+    v . hidden_states = u . h_d read at `squares`: "all" (layer d: the mean over squares, how strongly the
+    agent plans pushes in that direction anywhere on the board) or "player" (layer D + d: at the player's
+    square, where the next move is decided). Default: "player" for a `move` probe (it was fit there),
+    "all" otherwise. `n_layers` is the agent's depth D. Position "mean": averaged over the episode's steps.
     """
+    squares = squares or ("player" if probe.label == "move" else "all")
+    if squares not in SQUARES:
+        raise MvalError(f"--squares {squares}: unknown; use all or player")
     d = ACTIONS.index(direction) if isinstance(direction, str) and direction in ACTIONS else direction
     if not isinstance(d, int) or not 0 <= d < 4:
         raise MvalError(f"--direction {direction}: unknown; use one of {', '.join(ACTIONS)}")
@@ -127,4 +148,6 @@ def plan_concept(probe: PlanProbe, direction: str | int, n_layers: int) -> Probe
     u = probe.direction(d).astype(np.float32)
     zeros = np.zeros_like(u)
     vector = np.concatenate([u, zeros] if kind == "h" else [zeros, u])
-    return ProbeDirection(vector, int(layer), "mean", 0.0, f"sokoban-{probe.label}-probe:{probe.source}:{ACTIONS[d]}")
+    read_at = int(layer) + (n_layers if squares == "player" else 0)
+    return ProbeDirection(vector, read_at, "mean", 0.0,
+                          f"sokoban-{probe.label}-probe:{probe.source}:{ACTIONS[d]}" + (":player" if squares == "player" else ""))

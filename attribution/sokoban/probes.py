@@ -2,7 +2,9 @@
 
 Labels (classes 0 up, 1 down, 2 left, 3 right, 4 none), for every step t and floor square s:
 - box: the direction of the first push at a step t' >= t whose pushed box stands on s (none if never);
-- agent: the direction in which the player first leaves s at a step t' >= t (none if never).
+- agent: the direction in which the player first leaves s at a step t' >= t (none if never);
+- move: the agent's own next move, read only at the player's square (samples: one per alive step), the
+  decision itself; a concept from a move probe is read at the player's square (`plan_concept`).
 A 1x1 probe is multinomial logistic regression on the C channels of one layer's hidden (h) or cell (c)
 state at that square; the baseline is the same probe on the 4 observation planes.
 F1 per direction is one-vs-rest on the argmax class over held-out squares; macro F1 averages the 4 directions.
@@ -27,15 +29,20 @@ from mval.weights import read_safetensors
 
 NONE = 4
 CLASSES = (*ACTIONS, "none")
-LABEL_KINDS = ("box", "agent")
+LABEL_KINDS = ("box", "agent", "move")
 
 
 def future_labels(r: Rollout, kind: str) -> np.ndarray:
     """(T, L, H*W) labels in 0..4 from the rollout's future (see module docstring)."""
     if kind not in LABEL_KINDS:
-        raise MvalError(f"--label {kind}: unknown; use box or agent")
+        raise MvalError(f"--label {kind}: unknown; use box, agent or move")
     t_len, n = r.actions.shape
     squares = r.obs.shape[-2] * r.obs.shape[-1]
+    if kind == "move":
+        labels = np.full((t_len, n, squares), NONE, np.int64)
+        t_idx, l_idx = np.nonzero(r.alive)
+        labels[t_idx, l_idx, r.player[t_idx, l_idx]] = r.actions[t_idx, l_idx]
+        return labels
     if kind == "box":
         where, happened = r.pushed_from, r.pushed_from >= 0
     else:
@@ -75,13 +82,16 @@ def square_features(r: Rollout, source: str) -> np.ndarray:
 
 
 def probe_data(r: Rollout, kind: str = "box") -> ProbeData:
-    """Samples over alive steps and floor squares, for every source: obs, h1.., c1.., all."""
+    """Samples over alive steps and floor squares (`move`: the player's square only), for every source:
+    obs, h1.., c1.., all."""
     if r.h is None:
         raise MvalError("probe data needs a rollout with keep_states=True")
     labels = future_labels(r, kind)
     t_len, n, squares = labels.shape
-    floor = r.obs[:, :, 0].reshape(t_len, n, squares) < 0.5
-    t_idx, l_idx, s_idx = np.nonzero(r.alive[:, :, None] & floor)
+    where = r.obs[:, :, 0].reshape(t_len, n, squares) < 0.5  # floor
+    if kind == "move":
+        where = np.arange(squares) == r.player[:, :, None]
+    t_idx, l_idx, s_idx = np.nonzero(r.alive[:, :, None] & where)
     layers = r.h.shape[2]
     sources = ["obs"] + [f"{k}{d + 1}" for d in range(layers) for k in "hc"] + ["all"]
     feats = {k: square_features(r, k)[t_idx, l_idx, s_idx].astype(np.float32) for k in sources}
