@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from mval.errors import MvalError
@@ -93,33 +94,34 @@ class HFCausalLM:
         self.max_length = max_length or int(getattr(config, "max_position_embeddings", 512))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    def _ids(self, text: str, special: bool) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+    def _ids(self, texts: list[str], special: bool) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=special)["input_ids"] if texts else []
 
     def encode(self, examples: Sequence[Example]) -> Batch:
-        rows, weights = [], []
-        for ex in examples:
-            if ex.text is not None:
-                ids = self._ids(ex.text, True)
-                w = [0.0] + [1.0] * (len(ids) - 1)
-            else:
-                head, tail = self._ids(ex.prompt, True), self._ids(" " + ex.response, False)
-                ids = head + tail
-                w = [0.0] * len(head) + [1.0] * len(tail)
-            rows.append(ids[: self.max_length])
-            weights.append(w[: self.max_length])
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        loss_w = torch.zeros((len(rows), width))
-        mask = torch.zeros((len(rows), width), dtype=torch.bool)
-        for i, (r, w) in enumerate(zip(rows, weights, strict=True)):
-            ids[i, : len(r)] = torch.tensor(r)
-            loss_w[i, : len(w)] = torch.tensor(w)
-            mask[i, : len(r)] = True
-        return Batch(inputs={"input_ids": ids, "loss_weights": loss_w}, mask=mask)
+        """One tokenizer call per part (texts, prompts, responses) for the whole batch, then right-padding."""
+        plain = [i for i, ex in enumerate(examples) if ex.text is not None]
+        paired = [i for i, ex in enumerate(examples) if ex.text is None]
+        rows: list[list[int]] = [[] for _ in examples]
+        heads = [0] * len(examples)  # tokens without loss at the start of each row
+        for i, ids in zip(plain, self._ids([examples[i].text for i in plain], True), strict=True):
+            rows[i], heads[i] = ids, 1
+        prompts = self._ids([examples[i].prompt for i in paired], True)
+        responses = self._ids([" " + examples[i].response for i in paired], False)
+        for i, head, tail in zip(paired, prompts, responses, strict=True):
+            rows[i], heads[i] = head + tail, len(head)
+        rows = [r[: self.max_length] for r in rows]
+        lengths = np.array([len(r) for r in rows])
+        positions = np.arange(lengths.max())
+        mask = positions[None] < lengths[:, None]
+        ids = np.full(mask.shape, self.pad_id, dtype=np.int64)
+        ids[mask] = np.concatenate(rows)
+        loss_w = (mask & (positions[None] >= np.array(heads)[:, None])).astype(np.float32)
+        return Batch(inputs={"input_ids": torch.from_numpy(ids), "loss_weights": torch.from_numpy(loss_w)},
+                     mask=torch.from_numpy(mask))
 
     def hidden_states(self, batch: Batch, layer: int) -> torch.Tensor:
-        out = self.module(input_ids=batch.inputs["input_ids"], output_hidden_states=True)
+        """hidden_states[layer] of the base model (no language-model head: the logits are not needed)."""
+        out = self.module.base_model(input_ids=batch.inputs["input_ids"], output_hidden_states=True)
         return out.hidden_states[layer]
 
     def example_losses(self, batch: Batch) -> torch.Tensor:
