@@ -278,8 +278,12 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
     methods = ["probe", "gradient", "random"] + (["influence"] if "influence" in SCORERS else [])
     k = n_planted
     rows = []
+
+    def scoring_request(direction: ProbeDirection) -> ScoreRequest:  # one setting for every method and concept
+        return ScoreRequest(direction, queries, seed=0, batch_size=16, proj_dim=8192, cache_dir=tmp / "cache")
+
     for method in methods:
-        request = ScoreRequest(concept, queries, seed=0, batch_size=16, proj_dim=8192, cache_dir=tmp / "cache")
+        request = scoring_request(concept)
         start = time.time()
         try:
             with open_store(store) as con:
@@ -314,8 +318,7 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
     # layer's plan direction moves with the habit's levels
     by_source_auroc = {}
     for source, c in by_source.items():
-        g = make_scorer("gradient", ScoreRequest(c, queries, seed=0, batch_size=16, proj_dim=8192,
-                                                 cache_dir=tmp / "cache")).score(model, examples)
+        g = make_scorer("gradient", scoring_request(c)).score(model, examples)
         by_source_auroc[c.source] = auroc(g, is_planted)
     full = [habit.rate(finetune(base, examples, epochs, lr, seed=s)) for s in range(seeds)]
     oracle = [habit.rate(finetune(base, [e for e, p in zip(examples, is_planted) if not p], epochs, lr, seed=s))

@@ -148,6 +148,6 @@ def plan_concept(probe: PlanProbe, direction: str | int, n_layers: int, squares:
     u = probe.direction(d).astype(np.float32)
     zeros = np.zeros_like(u)
     vector = np.concatenate([u, zeros] if kind == "h" else [zeros, u])
-    read_at = int(layer) + (n_layers if squares == "player" else 0)
-    return ProbeDirection(vector, read_at, "mean", 0.0,
-                          f"sokoban-{probe.label}-probe:{probe.source}:{ACTIONS[d]}" + (":player" if squares == "player" else ""))
+    at_player = squares == "player"
+    source = f"sokoban-{probe.label}-probe:{probe.source}:{ACTIONS[d]}" + (":player" if at_player else "")
+    return ProbeDirection(vector, int(layer) + (n_layers if at_player else 0), "mean", 0.0, source)

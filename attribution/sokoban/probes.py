@@ -88,9 +88,10 @@ def probe_data(r: Rollout, kind: str = "box") -> ProbeData:
         raise MvalError("probe data needs a rollout with keep_states=True")
     labels = future_labels(r, kind)
     t_len, n, squares = labels.shape
-    where = r.obs[:, :, 0].reshape(t_len, n, squares) < 0.5  # floor
     if kind == "move":
         where = np.arange(squares) == r.player[:, :, None]
+    else:
+        where = r.obs[:, :, 0].reshape(t_len, n, squares) < 0.5  # floor
     t_idx, l_idx, s_idx = np.nonzero(r.alive[:, :, None] & where)
     layers = r.h.shape[2]
     sources = ["obs"] + [f"{k}{d + 1}" for d in range(layers) for k in "hc"] + ["all"]
