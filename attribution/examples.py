@@ -17,6 +17,7 @@ import duckdb
 import polars as pl
 
 from mval.errors import MvalError
+from mval.files import utf8_line
 from mval.store import transaction
 
 
@@ -85,11 +86,12 @@ def read_jsonl(path: str | Path, with_id: bool = True, label: bool = False) -> t
     if not path.is_file():
         raise MvalError(f"{path}: no such file")
     examples, labels, seen = [], [], {}
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            where = f"{path} line {number}"
+            line = utf8_line(raw, where)
             if not line.strip():
                 continue
-            where = f"{path} line {number}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:

@@ -1,4 +1,4 @@
-"""Reading user files (CSV, Parquet, JSON lines) as DuckDB relations, and writing results out."""
+"""Reading user files (CSV, Parquet, JSON lines) as DuckDB relations or UTF-8 lines, and writing results out."""
 
 from __future__ import annotations
 
@@ -17,6 +17,14 @@ READERS = {
     ".ndjson": "read_json",
     ".json": "read_json",
 }
+
+
+def utf8_line(raw: bytes, where: str) -> str:
+    """One line of a text file (`where`: "FILE line N"), decoded as UTF-8 or refused naming the byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MvalError(f"{where}: not UTF-8 text (byte {e.start + 1}); save the file as UTF-8") from e
 
 
 def file_reader(path: str | Path) -> str:

@@ -89,3 +89,16 @@ def test_labels_and_unknown_dataset(store, tmp_path):
         read_jsonl(write_lines(tmp_path / "m.jsonl", [{"text": "a", "label": 0.5}]), with_id=False, label=True)
     with open_store(store) as con, pytest.raises(MvalError, match=r"--dataset nope: no such dataset"):
         load_examples(con, "nope")
+
+
+def test_a_file_not_in_utf8_is_refused_with_its_line_and_exit_2(store, tmp_path):
+    """JSON lines saved as Latin-1: one line naming file and line, exit 2, no traceback, store unchanged."""
+    from conftest import run_cli
+
+    latin = tmp_path / "latin1.jsonl"
+    latin.write_bytes('{"id": "a", "text": "tea"}\n{"id": "b", "text": "caf\u00e9"}\n'.encode("latin-1"))
+    result = run_cli("examples", "add", store, "sft", latin, ok=False)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{latin} line 2: not UTF-8 text (byte 25)" in result.output
+    with open_store(store, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM examples").fetchall() == [(0,)]

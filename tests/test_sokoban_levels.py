@@ -98,3 +98,10 @@ def test_malformed_files_are_refused_with_line_numbers(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(MvalError, match=message):
         read_levels(path)
+
+
+def test_a_file_not_in_utf8_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("; 0\n#####\n#@$.#\n#####\n\n; caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(MvalError, match=r"latin1.txt line 6: not UTF-8 text \(byte 6\)"):
+        read_levels(path)

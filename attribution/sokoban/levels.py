@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mval.errors import MvalError
+from mval.files import utf8_line
 
 ACTIONS = ("up", "down", "left", "right")
 DELTAS = np.array([[-1, 0], [1, 0], [0, -1], [0, 1]])
@@ -181,7 +182,9 @@ def read_levels(path: str | Path) -> LevelSet:
     path = Path(path)
     if not path.is_file():
         raise MvalError(f"{path}: no such level file; make one with `mval sokoban levels -o {path}`")
-    return stack_levels(parse_levels(path.read_text(), str(path)))
+    lines = path.read_bytes().splitlines(keepends=True)
+    text = "".join(utf8_line(raw, f"{path} line {n}") for n, raw in enumerate(lines, start=1))
+    return stack_levels(parse_levels(text, str(path)))
 
 
 def format_levels(levels: Iterable[Level], start: int = 0) -> str:
