@@ -1,13 +1,15 @@
 """Evaluation speed: `evaluate_policy` (ips, snips, dr) on a store vs one numpy pass over arrays in memory.
 
 The store holds `--rows` events from a uniform logger (10 actions, 1,000 contexts, 0/1 rewards),
-generated in DuckDB. The reference computes the IPS and SNIPS sums (sum w r, sum w, sum (w r)^2)
-with w = pi(a|x) / p on arrays already in memory (context codes, actions, propensities, rewards,
-the target as a contexts x actions matrix). `evaluate_policy` reads the store, checks overlap,
-fits the default cross-fitted reward model (per-context-action means) and runs ips, snips and dr.
-Both alternate, best of `--repeats`. Target (issue 3): ratio = evaluate / numpy <= 3. `ratio` is on a
-fresh connection (what `mval evaluate` does: the columns are read from the file), `ratio_warm` is
-a second run on the same connection.
+generated in DuckDB, with their cells counted as `mval ingest` counts them (`event_cells`). The
+reference computes the IPS and SNIPS sums (sum w r, sum w, sum (w r)^2) with w = pi(a|x) / p on
+arrays already in memory (context codes, actions, propensities, rewards, the target as a contexts x
+actions matrix). `evaluate_policy` reads the cells and scans the events once for what they carry
+(lists, row count), checks overlap, fits the default cross-fitted reward model (per-context-action
+means) and runs ips, snips and dr. Both alternate, best of `--repeats`. Target (issue 3): ratio =
+evaluate / numpy <= 3. `ratio` is on a fresh connection (what `mval evaluate` does: the store is
+read from the file), `ratio_warm` is a second run on the same connection. The time to count the
+cells is part of ingest (benchmarks/ingest.py).
 
     python benchmarks/evaluate.py --rows 10000000
 """
@@ -24,7 +26,7 @@ import numpy as np
 
 from mval.evaluate import evaluate_policy
 from mval.policies import add_policy, policy_frame
-from mval.store import init_store, load_sql, open_store
+from mval.store import add_event_cells, init_store, load_sql, open_store
 
 ACTIONS, CONTEXTS = 10, 1000
 
@@ -39,6 +41,7 @@ def build_store(folder: Path, rows: int, seed: int) -> Path:
         con.execute("INSERT INTO ingests VALUES (1, 'generated', 'generated', 'generic', 'uniform', ?, 0, now())",
                     [rows])
         con.execute(load_sql("evaluate_bench_log"), {"rows": rows, "actions": ACTIONS, "contexts": CONTEXTS})
+        add_event_cells(con, 1)  # as `mval ingest` does
         add_policy(con, "target", folder / "target.csv")
         add_policy(con, "uniform", folder / "uniform.csv")
     return path

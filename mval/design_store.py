@@ -30,7 +30,7 @@ from mval.design_cvxpy import solve_cvxpy
 from mval.errors import MvalError
 from mval.files import relation_for_file
 from mval.policies import load_policy, policy_frame, policy_names
-from mval.store import load_sql, transaction
+from mval.store import check_counted, load_sql, transaction
 
 SHRINK_ROWS = 5.0
 OBJECTIVES = ("average", "minimax", "difference")
@@ -222,7 +222,7 @@ def _check_arguments(targets: list[str], budget: int, objective: str, estimator:
 
 def read_log(con: duckdb.DuckDBPyConnection, loggers: list[str] | None, targets: list[str] = ()) -> LogEstimates:
     """Contexts, weights, logger policies and shrunk reward moments of the existing log."""
-    known = [r[0] for r in con.execute("SELECT DISTINCT logger FROM events ORDER BY 1").fetchall()]
+    known = [r[0] for r in con.execute("SELECT DISTINCT logger FROM ingests ORDER BY 1").fetchall()]
     if not known:
         raise MvalError("the store has no events; ingest the existing log first (`mval ingest`)")
     loggers = known if loggers is None else list(loggers)
@@ -232,6 +232,7 @@ def read_log(con: duckdb.DuckDBPyConnection, loggers: list[str] | None, targets:
     params = {"loggers": loggers}
     summary = con.sql(load_sql("design_loggers"), params=params).pl()
     contexts = con.sql(load_sql("design_contexts"), params=params).pl()
+    check_counted(int(summary["rows"].sum()), int(contexts["rows"].sum()))
     ids, weights = _context_index(contexts)
     k = _n_actions(con, summary, targets)
     policies = tuple(_logger_policy(con, row, k, ids) for row in summary.iter_rows(named=True))

@@ -1,7 +1,8 @@
 """`mval evaluate`: off-policy estimates of a target policy from the store's logs.
 
-The chosen loggers' rows come out of DuckDB in one query, identical rows merged into one cell with
-a count (lossless for every estimator, the bootstrap included). Policies are dense (contexts x
+The chosen loggers' rows come out of DuckDB in one query as cells, identical rows merged into one
+cell with a count (lossless for every estimator, the bootstrap included), read from `event_cells`
+(counted at ingest) unless a reward model needs the features. Policies are dense (contexts x
 actions) matrices; each row looks up its context. A logger's policy is known when `policies` holds
 a policy named like the logger, or else its rows carry `action_probs`.
 
@@ -24,7 +25,7 @@ from mval.estimators import BALANCED, ESTIMATORS, NEEDS_MODEL, Estimate, LoggedD
 from mval.policies import PolicyTable, load_policy, policy_names
 from mval.progress import progress
 from mval.reward_model import check_folds, cross_fit_means, cross_fit_model
-from mval.store import load_sql
+from mval.store import check_counted, load_sql
 
 POSITIONS = ("pooled", "per-position", "context")
 OWN_WEIGHT = ("ips", "snips", "clipped-ips", "dr", "sndr", "switch-dr", "weighted-ips")
@@ -72,7 +73,7 @@ class _Log:
 
 def _query_cells(con: duckdb.DuckDBPyConnection, ingests: _Ingests, positions: str, with_features: bool,
                  folds: int, seed: int) -> pl.DataFrame:
-    """Cells per logger, sorted: SQL groups per ingest; a logger's ingests merge here (a few thousand
+    """Cells per logger, sorted: SQL reads them per ingest; a logger's ingests merge here (a few thousand
     cells, not the rows), so estimates do not depend on how its rows were split over files."""
     cells = con.sql(load_sql("evaluate_rows"), params={
         **ingests.params, "position_in_context": positions == "context", "by_position": positions != "pooled",
@@ -189,6 +190,7 @@ def _read_log(
     if positions != "pooled" and df["position"].null_count() == df.height:
         raise MvalError(f"--positions {positions}: the chosen rows have no position; use --positions pooled")
     shapes = _shapes(con, ingests)
+    check_counted(shapes["rows"], df["count"].sum())
     n_actions = _n_actions(con, df, shapes, ingests.loggers, policy)
     width = shapes["features_max"]
     features = None

@@ -1,4 +1,5 @@
-"""Load a log file (CSV, Parquet, JSON lines) into `events`, validated in SQL, in one transaction.
+"""Load a log file (CSV, Parquet, JSON lines) into `events` (and its counted cells into `event_cells`),
+validated in SQL, in one transaction.
 
 Formats:
 - `generic`: the store's own column names (`action`, `propensity`, `reward`; optional `context_id`,
@@ -20,7 +21,7 @@ import duckdb
 
 from mval.errors import MvalError
 from mval.files import file_reader, relation_for_file
-from mval.store import load_sql, transaction
+from mval.store import add_event_cells, load_sql, transaction
 
 FORMATS = ("generic", "obd")
 STORE_COLUMNS = ("context_id", "features", "action", "propensity", "reward", "action_probs", "position", "ts")
@@ -230,6 +231,7 @@ def ingest_file(
                 load_sql("ingest_insert"),
                 {"first_event": first_event, "ingest_id": ingest_id, "logger": logger},
             )
+            add_event_cells(con, ingest_id)
     except duckdb.Error as e:
         raise MvalError(f"{path}: ingest failed, store unchanged ({str(e).splitlines()[0]})") from e
     finally:

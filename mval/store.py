@@ -2,6 +2,8 @@
 
 A store is one DuckDB file made by `init_store`. Its schema lives in `sql/schema.sql`;
 `mval_meta.schema_version` says which version built it so that later versions can migrate.
+Version 2 added `event_cells` (identical events counted once, per ingest): a version-1 store gets
+it when opened for writing (one transaction), and a temporary view of it when opened read-only.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import duckdb
 
 from mval.errors import MvalError, StoreBusyError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _LOCK_PID = re.compile(r"PID (\d+)")
 
 
@@ -62,6 +64,7 @@ def init_store(path: str | Path) -> Path:
     try:
         con.execute("BEGIN")
         con.execute(load_sql("schema"))
+        con.execute(load_sql("event_cells_table"))
         con.execute(load_sql("views"))
         con.execute("INSERT INTO mval_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         con.execute("COMMIT")
@@ -73,7 +76,37 @@ def init_store(path: str | Path) -> Path:
     return path
 
 
-def _check_is_store(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+def add_event_cells(con: duckdb.DuckDBPyConnection, ingest_id: int | None) -> None:
+    """Count the events of `ingest_id` (of every ingest: None) into `event_cells` (sql/event_cells.sql)."""
+    con.execute(load_sql("event_cells"))
+    con.execute("INSERT INTO event_cells SELECT * FROM events_counted WHERE ? IS NULL OR ingest_id = ?",
+                [ingest_id, ingest_id])
+
+
+def check_counted(events: int, counted: int) -> None:
+    """Refuse when `event_cells` count fewer or more rows than the chosen events hold: rows were
+    written into `events` without `mval ingest`, and estimates would silently leave them out."""
+    if events != counted:
+        raise MvalError(f"the store's event_cells count {counted:.0f} of the chosen {events} events: rows were "
+                        "written into `events` around `mval ingest`; re-ingest them with `mval ingest`")
+
+
+def _upgrade(con: duckdb.DuckDBPyConnection, version: int, read_only: bool) -> None:
+    """Bring a version-1 store to version 2: `event_cells` from its events (a temp view when read-only)."""
+    if version >= 2:
+        return
+    if read_only:
+        con.execute(load_sql("event_cells"))
+        con.execute("CREATE TEMP VIEW event_cells AS SELECT * FROM events_counted")
+        return
+    with transaction(con):
+        con.execute(load_sql("event_cells_table"))
+        add_event_cells(con, None)
+        con.execute("UPDATE mval_meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
+
+
+def _check_is_store(con: duckdb.DuckDBPyConnection, path: Path) -> int:
+    """The store's schema version; refuse files that are not stores or come from a newer mval."""
     try:
         rows = con.execute("SELECT value FROM mval_meta WHERE key = 'schema_version'").fetchall()
     except duckdb.CatalogException:
@@ -84,6 +117,7 @@ def _check_is_store(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         raise MvalError(
             f"{path}: store schema version {rows[0][0]} is newer than this mval ({SCHEMA_VERSION}); upgrade mval"
         )
+    return int(rows[0][0])
 
 
 @contextmanager
@@ -94,7 +128,7 @@ def open_store(path: str | Path, read_only: bool = False) -> Iterator[duckdb.Duc
         raise MvalError(f"{path}: no such store; create it with `mval init {path}`")
     con = _connect(path, read_only=read_only)
     try:
-        _check_is_store(con, path)
+        _upgrade(con, _check_is_store(con, path), read_only)
         yield con
     finally:
         con.close()

@@ -1,4 +1,4 @@
--- mval store schema, version 1. Applied by `mval init` in one transaction.
+-- mval store schema, version 2, with event_cells_table.sql and views.sql. Applied by `mval init` in one transaction.
 CREATE TABLE mval_meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL

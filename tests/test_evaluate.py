@@ -16,7 +16,7 @@ from mval.estimators import LoggedData, make_estimator
 from mval.evaluate import deal_folds, evaluate_policy
 from mval.policies import add_policy
 from mval.reward_model import cross_fit_means
-from mval.store import init_store, load_sql, open_store
+from mval.store import add_event_cells, init_store, load_sql, open_store
 
 K, CONTEXTS = 3, [f"c{i}" for i in range(4)]
 UNIFORM = np.full((4, K), 1 / K)
@@ -37,7 +37,7 @@ def write_policy(con, tmp_path: Path, name: str, probs: np.ndarray, contexts=CON
 
 
 def insert_events(con, frame: pl.DataFrame) -> None:
-    """Rows straight into `events`, one new ingest per logger (as `mval ingest` keeps them)."""
+    """Rows straight into `events` and `event_cells`, one new ingest per logger (as `mval ingest` keeps them)."""
     first = con.execute("SELECT coalesce(max(ingest_id), 0) + 1 FROM ingests").fetchall()[0][0]
     names = sorted(set(frame["logger"].to_list()))
     ids = {name: first + i for i, name in enumerate(names)}
@@ -49,6 +49,8 @@ def insert_events(con, frame: pl.DataFrame) -> None:
     columns = ", ".join(frame.columns)
     con.execute(f"INSERT INTO events ({columns}) SELECT {columns} FROM staged_events")
     con.unregister("staged_events")
+    for ingest_id in ids.values():
+        add_event_cells(con, ingest_id)
 
 
 def log_frame(seed: int = 0) -> pl.DataFrame:
@@ -134,7 +136,7 @@ def test_model_estimators_use_out_of_fold_context_means(logs):
             "all_ingests": False, "ingest_ids": [ingest_of["A"], ingest_of["B"]], "position_in_context": False,
             "by_position": False, "with_features": False}).pl()
     # cells in the documented order: logger (one ingest each here, numbered in name order), then the keys
-    cells = cells.sort(["ingest_id", "context_key", "position", "action", "propensity", "reward"], nulls_last=True)
+    cells = cells.sort(["ingest_id", "context_key", "action", "propensity", "reward"], nulls_last=True)
     # the documented fold rule: each group of identical rows is dealt over 5 folds, Multinomial(count, 1/5)
     dealt = deal_folds(cells["count"].to_numpy(), 5, seed=3)
     assert (dealt.sum(axis=1) == cells["count"].to_numpy()).all() and (dealt.sum(axis=0) > 0).all()
@@ -344,11 +346,19 @@ def test_fold_dealing_is_multinomial():
     assert (deal_folds(counts, 5, seed=0) == sizes).all() and not (deal_folds(counts, 5, seed=1) == sizes).all()
 
 
-def test_rows_written_around_mval_ingest_are_refused(logs):
-    """Evaluation reads each ingest's logger from `ingests`: events that bypassed `mval ingest` are named."""
+@pytest.mark.parametrize("ingest_id, cells, match", [
+    (None, False, r"event_cells count 600 of the chosen 601 events: rows were written into `events` around"),
+    (77, True, "ingest 77 have no row in `ingests`"),  # as a version-1 store with such rows migrates
+])
+def test_rows_written_around_mval_ingest_are_refused(logs, ingest_id, cells, match):
+    """Evaluation reads counted cells and each ingest's logger from `ingests`: rows that bypassed
+    `mval ingest` are refused, not silently left out."""
     path, frame = logs
     with open_store(path) as con:
+        logger_a = con.execute("SELECT ingest_id FROM ingests WHERE logger = 'A'").fetchall()[0][0]
         con.execute("INSERT INTO events (event_id, ingest_id, logger, context_id, action, propensity, reward) "
-                    "VALUES (99999, 77, 'A', 'c0', 0, 0.5, 1.0)")
-    with open_store(path, read_only=True) as con, pytest.raises(MvalError, match="ingest 77 have no row in `ingests`"):
-        evaluate_policy(con, "T-safe", None, ["snips"])
+                    "VALUES (99999, ?, 'A', 'c0', 0, 0.5, 1.0)", [ingest_id or logger_a])
+        if cells:
+            add_event_cells(con, ingest_id)
+    with open_store(path, read_only=True) as con, pytest.raises(MvalError, match=match):
+        evaluate_policy(con, "T-safe", None if cells else ["A"], ["snips"])

@@ -12,7 +12,7 @@ from mval.store import open_store
 
 def _all_tables(store):
     with open_store(store, read_only=True) as con:
-        return {t: con.sql(f"SELECT * FROM {t} ORDER BY ALL").pl() for t in ("events", "ingests", "policies")}
+        return {t: con.sql(f"SELECT * FROM {t} ORDER BY ALL").pl() for t in ("events", "event_cells", "ingests", "policies")}
 
 
 def test_obd_layout_is_mapped(store, tmp_path):
@@ -89,6 +89,27 @@ def test_event_ids_continue_across_ingests(store, tmp_path):
         ids = con.execute("SELECT logger, event_id FROM events ORDER BY event_id").fetchall()
     assert [i for _, i in ids] == list(range(17))
     assert [lg for lg, _ in ids] == ["a"] * 10 + ["b"] * 7
+
+
+def test_event_cells_count_each_ingests_identical_rows(store, tmp_path):
+    """`event_cells` = the events of each ingest grouped on (context, position, action, propensity,
+    reward) with their number of rows, checked against polars on the files themselves."""
+    logs = {"a": generic_log(rows=300, seed=1), "b": generic_log(rows=200, seed=2)}
+    logs = {name: log.with_columns(reward=(pl.col("reward") > 0.5).cast(float), position=pl.col("action") % 2)
+            for name, log in logs.items()}
+    keys = ["context_id", "position", "action", "propensity", "reward"]
+    with open_store(store) as con:
+        expected = []
+        for name, log in logs.items():
+            log.write_parquet(tmp_path / f"{name}.parquet")
+            ingest_id = ingest_file(con, tmp_path / f"{name}.parquet", name).ingest_id
+            expected.append(log.group_by(keys).len("rows").with_columns(ingest_id=pl.lit(ingest_id)))
+        got = con.sql("SELECT * FROM event_cells").pl()
+    order = ["ingest_id", *keys]
+    expected = pl.concat(expected).select(*order, "rows").sort(order)
+    got = got.select(*order, "rows").sort(order)
+    assert got.height < 500 and got["rows"].sum() == 500
+    assert got.cast(expected.schema).equals(expected)
 
 
 BAD_ROWS = [

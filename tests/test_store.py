@@ -4,8 +4,10 @@ import textwrap
 
 import duckdb
 import pytest
+from conftest import generic_log
 
 from mval.errors import MvalError, StoreBusyError
+from mval.ingest import ingest_file
 from mval.store import SCHEMA_VERSION, init_store, load_sql, open_store, transaction
 
 
@@ -68,3 +70,36 @@ def test_store_held_by_another_writer_is_reported_busy(store):
                 pass
     finally:
         holder.communicate("\n", timeout=30)
+
+
+def _version_1_store(store, tmp_path):
+    """A store as mval with schema version 1 left it: two ingests, no `event_cells`."""
+    generic_log(rows=120, seed=1).write_parquet(tmp_path / "a.parquet")
+    generic_log(rows=80, seed=2).write_parquet(tmp_path / "b.parquet")
+    with open_store(store) as con:
+        ingest_file(con, tmp_path / "a.parquet", "a")
+        ingest_file(con, tmp_path / "b.parquet", "b")
+        cells = con.sql("SELECT * FROM event_cells ORDER BY ALL").pl()
+        con.execute("DROP TABLE event_cells")
+        con.execute("UPDATE mval_meta SET value = '1' WHERE key = 'schema_version'")
+    return cells
+
+
+def test_version_1_store_is_read_with_a_temporary_view_and_left_unchanged(store, tmp_path):
+    cells = _version_1_store(store, tmp_path)
+    with open_store(store, read_only=True) as con:
+        assert con.sql("SELECT * FROM event_cells ORDER BY ALL").pl().equals(cells)
+    with duckdb.connect(str(store), read_only=True) as con:
+        assert con.execute("SELECT value FROM mval_meta").fetchall() == [("1",)]
+        assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'event_cells'").fetchall() == [(0,)]
+
+
+def test_version_1_store_is_upgraded_when_opened_for_writing(store, tmp_path):
+    cells = _version_1_store(store, tmp_path)
+    with open_store(store) as con:
+        pass
+    with duckdb.connect(str(store), read_only=True) as con:
+        assert con.execute("SELECT value FROM mval_meta").fetchall() == [(str(SCHEMA_VERSION),)]
+        assert con.sql("SELECT * FROM event_cells ORDER BY ALL").pl().equals(cells)
+        assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'event_cells' "
+                           "AND NOT temporary").fetchall() == [(1,)]
