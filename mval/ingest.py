@@ -180,7 +180,8 @@ def _validate(con: duckdb.DuckDBPyConnection, path: Path) -> int:
             raise _first_violation(con, path, rule, count)
     if rows == 0:
         raise MvalError(f"{path}: the file has no rows")
-    stored = con.execute("SELECT DISTINCT len(features) FROM events WHERE features IS NOT NULL").fetchall()
+    # every stored row has the store's one dimension (this check keeps it so): one row tells it
+    stored = con.execute("SELECT len(features) FROM events WHERE features IS NOT NULL LIMIT 1").fetchall()
     dims = {d for d in (min_len, max_len) if d is not None} | {d[0] for d in stored}
     if len(dims) > 1:
         sizes = ", ".join(str(d) for d in sorted(dims))
