@@ -60,6 +60,10 @@ class LogEstimates:
         """The existing log's mixture sum_k n_k pi_k / n0."""
         return sum(n * p for n, p in zip(self.counts, self.logger_policies)) / self.rows
 
+    def expected_reward(self, policy: np.ndarray) -> float:
+        """Expected reward per round of `policy` under the estimated rewards, sum_x p(x) sum_a policy(a|x) m(x, a)."""
+        return float(self.weights @ (policy * self.mean).sum(axis=1))
+
 
 @dataclass(frozen=True)
 class Alternative:
@@ -149,14 +153,10 @@ def design_logging_policy(
         costs = np.stack([pi**2 * s for pi in target_pis])
         costs = costs if objective == "minimax" else costs.mean(axis=0)
     alpha = est.rows / (est.rows + budget)
-    def value(policy: np.ndarray) -> float:
-        """Expected reward per round, sum_x p(x) sum_a policy(a|x) m(x, a)."""
-        return float(est.weights @ (policy * est.mean).sum(axis=1))
-
     reward = min_reward = None
     if min_reward_ratio is not None:
         reward = est.mean
-        min_reward = min_reward_ratio * value(est.pi0)
+        min_reward = min_reward_ratio * est.expected_reward(est.pi0)
     solve = solve_exact if solver == "exact" else solve_cvxpy
 
     def design(a: float) -> np.ndarray:
@@ -176,7 +176,8 @@ def design_logging_policy(
         ("ignore_log", "optimal proposal ignoring the existing log (alpha = 0)", design(0.0)),
     ]
     alternatives = tuple(
-        Alternative(name, text, float(np.sqrt(variance(p, budget))), _rounds_needed(variance, p, target), value(p))
+        Alternative(name, text, float(np.sqrt(variance(p, budget))), _rounds_needed(variance, p, target),
+                    est.expected_reward(p))
         for name, text, p in choices
     )
     zero_cost = costs.sum(axis=0) if costs.ndim == 3 else costs
@@ -192,7 +193,7 @@ def design_logging_policy(
         actions=k,
         alpha=alpha,
         std_error=float(np.sqrt(target)),
-        expected_reward=value(pi1),
+        expected_reward=est.expected_reward(pi1),
         alternatives=alternatives,
         uniform_contexts=int((zero_cost.sum(axis=1) == 0).sum()),
     )
