@@ -60,6 +60,10 @@ class ConceptModel(Protocol):
     def example_losses(self, batch: Batch) -> torch.Tensor: ...
 
 
+class _StopForward(Exception):
+    """Raised by a forward hook once the wanted layer's output is kept: the rest of the pass is skipped."""
+
+
 def check_layer(model: ConceptModel, layer: int) -> int:
     if not 0 <= layer <= model.n_layers:
         raise MvalError(f"--layer {layer}: the model has {model.n_layers} layers; use 0..{model.n_layers} (0 = embeddings)")
@@ -120,9 +124,35 @@ class HFCausalLM:
                      mask=torch.from_numpy(mask))
 
     def hidden_states(self, batch: Batch, layer: int) -> torch.Tensor:
-        """hidden_states[layer] of the base model (no language-model head: the logits are not needed)."""
-        out = self.module.base_model(input_ids=batch.inputs["input_ids"], output_hidden_states=True)
-        return out.hidden_states[layer]
+        """Hugging Face's hidden_states[layer]: the output of block `layer` (0: the embeddings; the last
+        layer is the final normalised output). Below the last layer the forward stops there: a hook on
+        the block keeps its output and ends the pass, so later blocks and the LM head cost nothing
+        (a probe at layer 6 of 32 runs 6 blocks)."""
+        ids = batch.inputs["input_ids"]
+        blocks = self._blocks()
+        if layer in (0, self.n_layers) or blocks is None:
+            return self.module.base_model(input_ids=ids, output_hidden_states=True).hidden_states[layer]
+        kept: list[torch.Tensor] = []
+
+        def keep_and_stop(module: torch.nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
+            kept.append(output[0] if isinstance(output, tuple) else output)
+            raise _StopForward
+
+        handle = blocks[layer - 1].register_forward_hook(keep_and_stop)
+        try:
+            self.module.base_model(input_ids=ids)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        return kept[0]
+
+    def _blocks(self) -> torch.nn.ModuleList | None:
+        """The base model's list of transformer blocks (the ModuleList with n_layers entries), if found."""
+        for child in self.module.base_model.children():
+            if isinstance(child, torch.nn.ModuleList) and len(child) == self.n_layers:
+                return child
+        return None
 
     def example_losses(self, batch: Batch) -> torch.Tensor:
         """Mean next-token NLL over the weighted target positions of each example: [B]."""

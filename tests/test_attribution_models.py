@@ -11,6 +11,7 @@ import torch
 from attribution.examples import Example
 from attribution.models import ConceptModel, fingerprint, load_hf_model
 from attribution.testbed import tiny_model
+from conftest import qa
 from mval.errors import MvalError
 
 
@@ -76,3 +77,26 @@ def test_loss_is_mean_response_nll_and_padding_changes_nothing(model_dir):
     assert torch.allclose(losses[0], alone[0], atol=1e-6)  # right padding does not touch real positions
     assert batch.mask.sum(1).tolist() == [len(ids), len(long.text.split())]
     assert json.loads((model_dir / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_hidden_states_stop_at_the_layer_and_match_the_full_forward(tmp_path):
+    """Every layer, 0..n_layers, equals Hugging Face's hidden_states of a full forward pass (the early
+    stop below the last layer changes nothing), in values and in gradients."""
+    model = load_hf_model(tiny_model(tmp_path / "deep", d_model=16, n_layers=3, seed=1), dtype=torch.float64)
+    batch = model.encode(qa(3, seed=4))
+    full = model.module(input_ids=batch.inputs["input_ids"], output_hidden_states=True).hidden_states
+    assert len(full) == model.n_layers + 1
+    for layer in range(model.n_layers + 1):
+        torch.testing.assert_close(model.hidden_states(batch, layer), full[layer], rtol=0, atol=1e-12)
+    calls = []
+    handle = model.module.base_model.layers[2].register_forward_hook(lambda *args: calls.append(1))
+    model.hidden_states(batch, 2)
+    assert calls == []  # block 3 never ran
+    model.hidden_states(batch, 3)
+    handle.remove()
+    assert calls == [1]
+    weight = model.module.base_model.layers[0].mlp.down_proj.weight
+    ours = torch.autograd.grad(model.hidden_states(batch, 1).sum(), weight)[0]
+    reference = torch.autograd.grad(model.module(input_ids=batch.inputs["input_ids"], output_hidden_states=True)
+                                    .hidden_states[1].sum(), weight)[0]
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-12)
