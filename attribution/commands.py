@@ -125,7 +125,7 @@ def score(store: str, model_dir: str, dataset: str, concept_file: str, method: s
     """Score every example of a dataset against a concept; write `scores` and print the top ones.
 
     Higher means the example pushes the model towards the concept. A killed run resumes where it
-    stopped when run again (scores are committed batch by batch).
+    stopped when run again (scores are committed every 2 seconds, and on Ctrl-C).
 
     \b
     Examples:

@@ -94,6 +94,28 @@ def test_killed_run_resumes_without_loss_or_duplicates(filled, model, tmp_path, 
     assert np.allclose([r[1] for r in resumed], [r[1] for r in clean], rtol=1e-5, atol=1e-7)
 
 
+class Watching:
+    """A real scorer that notes how many scores the store holds each time it is asked for a batch."""
+
+    def __init__(self, scorer, con):
+        self.scorer, self.con, self.seen = scorer, con, []
+
+    def score(self, model, batch):
+        self.seen.append(len(stored(self.con)))
+        return self.scorer.score(model, batch)
+
+
+@pytest.mark.parametrize("flush_seconds, seen", [(0.0, [0, 5, 10, 15, 20]), (3600.0, [0, 0, 0, 0, 0])])
+def test_scores_are_committed_every_flush_seconds(filled, model, flush_seconds, seen):
+    """flush_seconds 0 commits every batch (a hard kill loses nothing); a long interval commits once at
+    the end (a hard kill would lose the run, Ctrl-C still keeps it: see the resume test)."""
+    request = ScoreRequest(CONCEPT, batch_size=5)
+    with open_store(filled) as con:
+        watching = Watching(make_scorer("probe", request), con)
+        score_dataset(con, "sft", "probe", "c", model, watching, request, flush_seconds=flush_seconds)
+        assert watching.seen == seen and len(stored(con)) == 23
+
+
 def test_rerun_with_other_settings_is_refused_unless_replaced(filled, model):
     request = ScoreRequest(CONCEPT, batch_size=8)
     other = ScoreRequest(ProbeDirection(CONCEPT.vector, 2, "mean"), batch_size=8)
