@@ -57,11 +57,6 @@ from mval.errors import MvalError  # noqa: E402
 from mval.store import init_store, open_store  # noqa: E402
 from planted_metrics import auroc, precision_at_k, t_interval, top_k  # noqa: E402
 
-try:  # registers --method influence where the module exists
-    import attribution.influence  # noqa: E402, F401
-except ImportError:
-    pass
-
 LEFT = 2
 
 SHIPPED_LEVELS = SHIPPED_AGENT.with_name("agent_levels.npy")
