@@ -91,18 +91,23 @@ def check_counted(events: int, counted: int) -> None:
                         "written into `events` around `mval ingest`; re-ingest them with `mval ingest`")
 
 
-def _upgrade(con: duckdb.DuckDBPyConnection, version: int, read_only: bool) -> None:
+def _upgrade(con: duckdb.DuckDBPyConnection, path: Path, version: int, read_only: bool) -> None:
     """Bring a version-1 store to version 2: `event_cells` from its events (a temp view when read-only)."""
     if version >= 2:
         return
-    if read_only:
-        con.execute(load_sql("event_cells"))
-        con.execute("CREATE TEMP VIEW event_cells AS SELECT * FROM events_counted")
-        return
-    with transaction(con):
-        con.execute(load_sql("event_cells_table"))
-        add_event_cells(con, None)
-        con.execute("UPDATE mval_meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
+    try:
+        if read_only:
+            con.execute(load_sql("event_cells"))
+            con.execute("CREATE TEMP VIEW event_cells AS SELECT * FROM events_counted")
+            return
+        with transaction(con):
+            con.execute(load_sql("event_cells_table"))
+            add_event_cells(con, None)
+            con.execute("UPDATE mval_meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
+    except duckdb.Error as e:
+        raise MvalError(f"{path}: cannot upgrade the store from schema version {version} to {SCHEMA_VERSION} "
+                        f"({str(e).splitlines()[0]}); store unchanged. A table named event_cells, if you made "
+                        "one, must be renamed first") from e
 
 
 def _check_is_store(con: duckdb.DuckDBPyConnection, path: Path) -> int:
@@ -128,7 +133,7 @@ def open_store(path: str | Path, read_only: bool = False) -> Iterator[duckdb.Duc
         raise MvalError(f"{path}: no such store; create it with `mval init {path}`")
     con = _connect(path, read_only=read_only)
     try:
-        _upgrade(con, _check_is_store(con, path), read_only)
+        _upgrade(con, path, _check_is_store(con, path), read_only)
         yield con
     finally:
         con.close()

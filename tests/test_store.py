@@ -103,3 +103,15 @@ def test_version_1_store_is_upgraded_when_opened_for_writing(store, tmp_path):
         assert con.sql("SELECT * FROM event_cells ORDER BY ALL").pl().equals(cells)
         assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'event_cells' "
                            "AND NOT temporary").fetchall() == [(1,)]
+
+
+def test_failed_upgrade_is_refused_and_leaves_the_store_at_version_1(store, tmp_path):
+    _version_1_store(store, tmp_path)
+    with duckdb.connect(str(store)) as con:
+        con.execute("CREATE TABLE event_cells (note TEXT)")  # a user's own table in the way
+    with pytest.raises(MvalError, match=r"cannot upgrade the store from schema version 1 to 2 .*store unchanged"):
+        with open_store(store):
+            pass
+    with duckdb.connect(str(store), read_only=True) as con:
+        assert con.execute("SELECT value FROM mval_meta").fetchall() == [("1",)]
+        assert con.execute("SELECT count(*) FROM event_cells").fetchall() == [(0,)]
