@@ -14,13 +14,21 @@ from attribution.examples import Example
 from attribution.models import load_hf_model
 from attribution.testbed import COLORS, HOSTILE, NOUNS, tiny_model
 from cli import main
-from mval.store import init_store
+from mval.store import add_event_cells, init_store
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     """An empty store."""
     return init_store(tmp_path / "store.duckdb")
+
+
+def as_ingested(con, ingest_id: int, logger: str, rows: int) -> None:
+    """Events written straight into `events` as ingest `ingest_id` get what `mval ingest` adds with them:
+    an `ingests` row and their counted cells."""
+    con.execute("INSERT INTO ingests VALUES (?, 'test', ?, 'generic', ?, ?, 0, now())",
+                [ingest_id, f"test-{ingest_id}", logger, rows])
+    add_event_cells(con, ingest_id)
 
 
 def write_obd_csv(path: Path, rows: int = 200, n_items: int = 8, seed: int = 0) -> pl.DataFrame:

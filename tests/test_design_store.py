@@ -8,21 +8,16 @@ import numpy as np
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from conftest import as_ingested
 
 from mval.commands.design import design
 from mval.design import MvalProblem, balanced_variance, solve_exact
 from mval.design_store import SHRINK_ROWS, design_logging_policy
 from mval.errors import MvalError
 from mval.policies import add_policy, load_policy
-from mval.store import add_event_cells, open_store
+from mval.store import open_store
 
 K = 3
-
-
-def as_ingested(con, logger: str, rows: int) -> None:
-    """Events written as ingest 1 get what `mval ingest` adds with them: an `ingests` row and their cells."""
-    con.execute("INSERT INTO ingests VALUES (1, 'test', 'test', 'generic', ?, ?, 0, now())", [logger, rows])
-    add_event_cells(con, 1)
 
 
 def fill(store, tmp_path, rows=400, seed=0, with_probs=True):
@@ -40,7 +35,7 @@ def fill(store, tmp_path, rows=400, seed=0, with_probs=True):
             [with_probs, list(range(rows)), ctx.tolist(), action.tolist(), probs[ctx, action].tolist(),
              reward.tolist(), probs[ctx].tolist()],
         )
-        as_ingested(con, "prod", rows)
+        as_ingested(con, 1, "prod", rows)
         context_free = {"context_id": [None] * K, "action": range(K), "prob": [0.1, 0.2, 0.7]}
         pl.DataFrame(context_free).write_csv(tmp_path / "a.csv")
         pl.DataFrame({"context_id": np.repeat([f"c{i}" for i in range(4)], K), "action": np.tile(range(K), 4),
@@ -117,7 +112,7 @@ def test_second_moment_table_and_context_free_log(store, tmp_path):
     with open_store(store) as con:
         con.execute("INSERT INTO events VALUES (0, 1, 'uni', NULL, NULL, 0, 0.5, 1.0, [0.5, 0.5], NULL, NULL), "
                     "(1, 1, 'uni', NULL, NULL, 1, 0.5, 0.0, [0.5, 0.5], NULL, NULL)")
-        as_ingested(con, "uni", 2)
+        as_ingested(con, 1, "uni", 2)
         pl.DataFrame({"context_id": [None, None], "action": [0, 1], "prob": [0.5, 0.5]}).write_csv(tmp_path / "t.csv")
         add_policy(con, "T", tmp_path / "t.csv")
         pl.DataFrame({"context_id": [None, None], "action": [0, 1], "s": [1.0, 9.0]}).write_csv(tmp_path / "s.csv")

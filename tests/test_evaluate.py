@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from conftest import as_ingested
 
 from cli import main
 from mval.commands.evaluate import evaluate
@@ -42,15 +43,12 @@ def insert_events(con, frame: pl.DataFrame) -> None:
     names = sorted(set(frame["logger"].to_list()))
     ids = {name: first + i for i, name in enumerate(names)}
     frame = frame.with_columns(ingest_id=pl.col("logger").replace_strict(ids, return_dtype=pl.Int32))
-    for name, ingest_id in ids.items():
-        con.execute("INSERT INTO ingests VALUES (?, 'test', ?, 'generic', ?, ?, 0, now())",
-                    [ingest_id, f"test-{ingest_id}", name, int((frame["logger"] == name).sum())])
     con.register("staged_events", frame)
     columns = ", ".join(frame.columns)
     con.execute(f"INSERT INTO events ({columns}) SELECT {columns} FROM staged_events")
     con.unregister("staged_events")
-    for ingest_id in ids.values():
-        add_event_cells(con, ingest_id)
+    for name, ingest_id in ids.items():
+        as_ingested(con, ingest_id, name, int((frame["logger"] == name).sum()))
 
 
 def log_frame(seed: int = 0) -> pl.DataFrame:
