@@ -35,15 +35,31 @@ def file_reader(path: str | Path) -> str:
     return READERS[suffix]
 
 
-def relation_for_file(con: duckdb.DuckDBPyConnection, path: str | Path) -> duckdb.DuckDBPyRelation:
-    """A lazy relation over the file (nothing is read into Python)."""
+def table_sql(path: str | Path, columns: list[str] | None = None) -> str:
+    """The table function over `path` (one `?` parameter: the path). With `columns` (the file's column
+    names), CSV and JSON are read with every column as text, so that no value is rounded by types
+    guessed from the first rows (DuckDB reads a 1.5 after 20,000 integers as 2); Parquet keeps its types."""
+    reader = file_reader(path)
+    if columns is None or reader == "read_parquet":
+        return f"{reader}(?)"
+    if reader == "read_csv":
+        return "read_csv(?, all_varchar = true)"
+    text = ", ".join("'" + c.replace("'", "''") + "': 'VARCHAR'" for c in columns)
+    return f"read_json(?, columns = {{{text}}})"
+
+
+def relation_for_file(con: duckdb.DuckDBPyConnection, path: str | Path, as_text: bool = False) -> duckdb.DuckDBPyRelation:
+    """A lazy relation over the file (nothing is read into Python); `as_text`: CSV and JSON columns as text."""
     path = Path(path)
     if not path.is_file():
         raise MvalError(f"{path}: no such file")
     reader = file_reader(path)
     try:
-        rel = con.sql(f"SELECT * FROM {reader}(?)", params=[str(path)])
+        rel = con.sql(f"SELECT * FROM {table_sql(path)}", params=[str(path)])
         rel.columns  # noqa: B018 - forces the reader to sniff the file now, so errors name it
+        if as_text and reader != "read_parquet":
+            rel = con.sql(f"SELECT * FROM {table_sql(path, rel.columns)}", params=[str(path)])
+            rel.columns  # noqa: B018
     except duckdb.Error as e:
         raise MvalError(f"{path}: cannot read as {reader.removeprefix('read_')} ({str(e).splitlines()[0]})") from e
     return rel

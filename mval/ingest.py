@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 
 from mval.errors import MvalError
-from mval.files import file_reader, relation_for_file
+from mval.files import file_reader, relation_for_file, table_sql
 from mval.store import add_event_cells, load_sql, transaction
 
 FORMATS = ("generic", "obd")
@@ -38,7 +38,8 @@ RULES = {
         "a distribution over actions (sums to 1, covers the action, equals propensity at the action)",
         "log the logger's full distribution or drop the column",
     ),
-    "bad_features": ("features", "numbers only", "fill or drop missing feature values"),
+    "bad_features": ("features", "finite numbers only",
+                     "write a list like [0.1, 2] (or name numeric columns with --features) and fill or drop missing values"),
     "bad_ts": ("ts", "a timestamp", "use ISO 8601 (2024-01-31 12:00:00)"),
 }
 
@@ -67,10 +68,23 @@ def content_hash(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+PARSED = ("features", "action_probs", "position", "ts")  # optional columns parsed from text: kept raw too
+
+
 def _timestamp_expr(column: str, type_name: str) -> str:
+    """ts as a UTC wall time (no pytz round trip); text with a UTC offset ("+02", "Z") is converted to UTC."""
+    col = _ident(column)
     if type_name.startswith("TIMESTAMP WITH TIME ZONE"):
-        return f"timezone('UTC', {_ident(column)})"  # stored as UTC wall time, no pytz round trip
-    return f"TRY_CAST({_ident(column)} AS TIMESTAMP)"
+        return f"timezone('UTC', {col})"
+    if type_name == "VARCHAR":
+        return (f"CASE WHEN regexp_matches(trim({col}), '(Z|[+-][0-9]{{2}}(:?[0-9]{{2}})?)$') "
+                f"THEN timezone('UTC', TRY_CAST(trim({col}) AS TIMESTAMPTZ)) ELSE TRY_CAST({col} AS TIMESTAMP) END")
+    return f"TRY_CAST({col} AS TIMESTAMP)"
+
+
+def _raw(column: str) -> str:
+    """The file's text of a parsed column, empty text as missing: a value that does not parse is refused, not dropped."""
+    return f"nullif(trim(CAST({_ident(column)} AS TEXT)), '')"
 
 
 def _resolve_features(columns: list[str], patterns: list[str], path: Path) -> list[str]:
@@ -105,12 +119,13 @@ def _generic_columns(
         "features": "TRY_CAST({} AS DOUBLE[])",
     }
     out = {col: expr.format(_ident(source[col])) for col, expr in exprs.items() if source[col] in columns}
+    out |= {f"_{col}_raw": _raw(source[col]) for col in PARSED if source[col] in columns}
     if features:
         cols = _resolve_features(columns, features, path)
         out["features"] = "[" + ", ".join(f"TRY_CAST({_ident(c)} AS DOUBLE)" for c in cols) + "]"
+        out.pop("_features_raw", None)  # missing values show as NULL elements instead
     if source["ts"] in columns:
         out["ts"] = _timestamp_expr(source["ts"], types[source["ts"]])
-        out["_ts_raw"] = f"CAST({_ident(source['ts'])} AS TEXT)"
     return out
 
 
@@ -130,7 +145,8 @@ def _obd_columns(columns: list[str], types: dict[str, str], path: Path) -> dict[
         "reward": 'TRY_CAST("click" AS DOUBLE)',
         "position": 'TRY_CAST("position" AS DOUBLE)',
         "ts": _timestamp_expr("timestamp", types["timestamp"]),
-        "_ts_raw": 'CAST("timestamp" AS TEXT)',
+        "_position_raw": _raw("position"),
+        "_ts_raw": _raw("timestamp"),
     }
     if users:
         out["context_id"] = "concat_ws('|', " + ", ".join(f"CAST({_ident(c)} AS TEXT)" for c in users) + ")"
@@ -139,29 +155,30 @@ def _obd_columns(columns: list[str], types: dict[str, str], path: Path) -> dict[
     return out
 
 
-def _stage(con: duckdb.DuckDBPyConnection, path: Path, exprs: dict[str, str]) -> None:
-    """Create the temp view `staged` (typed store columns + `_row`, 1-based row in the file)."""
+def _stage(con: duckdb.DuckDBPyConnection, path: Path, exprs: dict[str, str], columns: list[str]) -> None:
+    """Create the temp view `staged` (typed store columns, the raw text of parsed ones, and `_row`,
+    1-based row in the file). CSV and JSON are read as text: no type is guessed from the first rows."""
     typed = {
         "context_id": "CAST(NULL AS TEXT)",
         "features": "CAST(NULL AS DOUBLE[])",
         "action_probs": "CAST(NULL AS DOUBLE[])",
         "position": "CAST(NULL AS DOUBLE)",
         "ts": "CAST(NULL AS TIMESTAMP)",
-        "_ts_raw": "CAST(NULL AS TEXT)",
+        **{f"_{col}_raw": "CAST(NULL AS TEXT)" for col in PARSED},
     } | exprs
     select = ", ".join(f"{expr} AS {name}" for name, expr in typed.items())
-    reader = file_reader(path)
-    if reader == "read_parquet":  # the row number comes free with the scan
+    if file_reader(path) == "read_parquet":  # the row number comes free with the scan
         source = "SELECT *, file_row_number + 1 AS _row FROM read_parquet(?, file_row_number = true)"
     else:
-        source = f"SELECT *, row_number() OVER () AS _row FROM {reader}(?)"
+        source = f"SELECT *, row_number() OVER () AS _row FROM {table_sql(path, columns)}"
     con.sql(f"SELECT {select}, _row FROM ({source})", params=[str(path)]).create_view("staged", replace=True)
 
 
 def _first_violation(con: duckdb.DuckDBPyConnection, path: Path, rule: str, count: int) -> MvalError:
     column, must_be, fix = RULES[rule]
+    shown = f"coalesce(CAST(s.{column} AS TEXT), s._{column}_raw)" if column in PARSED else f"CAST(s.{column} AS TEXT)"
     row, value = con.execute(
-        f"SELECT c._row, CAST(s.{column} AS TEXT) FROM staged_checks c JOIN staged s USING (_row) "
+        f"SELECT c._row, {shown} FROM staged_checks c JOIN staged s USING (_row) "
         f"WHERE c.{rule} ORDER BY c._row LIMIT 1"
     ).fetchall()[0]
     found = "missing or not a number" if value is None else f"found {value}"
@@ -206,7 +223,7 @@ def ingest_file(
         raise MvalError("--logger must be a non-empty name (the logging policy or batch that produced the file)")
     if fmt not in FORMATS:
         raise MvalError(f"--format {fmt}: unknown; use one of {', '.join(FORMATS)}")
-    rel = relation_for_file(con, path)
+    rel = relation_for_file(con, path, as_text=True)
     digest = content_hash(path)
     seen = con.execute("SELECT ingest_id, logger FROM ingests WHERE content_hash = ?", [digest]).fetchall()
     if seen:
@@ -217,7 +234,7 @@ def ingest_file(
     else:
         exprs = _generic_columns(rel.columns, types, path, mapping or {}, features)
     try:
-        _stage(con, path, exprs)
+        _stage(con, path, exprs, rel.columns)
         rows = _validate(con, path)
         with transaction(con):
             first_event, ingest_id = con.execute(

@@ -64,14 +64,14 @@ def policy_frame(context_ids: np.ndarray | None, probs: np.ndarray) -> pl.DataFr
 
 def add_policy(con: duckdb.DuckDBPyConnection, name: str, path: str | Path, replace: bool = False) -> int:
     """Validate and store a policy file (CSV/Parquet/JSON with context_id, action, prob); returns rows."""
-    rel = relation_for_file(con, path)
+    rel = relation_for_file(con, path, as_text=True)
     missing = [c for c in POLICY_COLUMNS if c not in rel.columns]
     if missing:
         raise MvalError(f"{path}: missing column(s) {', '.join(missing)}; a policy file has columns context_id, action, prob")
     con.register("staged_policy_raw", rel)
     try:
         con.execute(
-            "CREATE OR REPLACE TEMP TABLE staged_policy AS SELECT CAST(context_id AS TEXT) AS context_id, "
+            "CREATE OR REPLACE TEMP TABLE staged_policy AS SELECT nullif(CAST(context_id AS TEXT), '') AS context_id, "
             "TRY_CAST(action AS DOUBLE) AS action, TRY_CAST(prob AS DOUBLE) AS prob FROM staged_policy_raw"
         )
     except duckdb.Error as e:

@@ -2,7 +2,8 @@
 -- One row per problem: what, the context it is in, and the value found.
 WITH checks AS (
     SELECT 'action must be a non-negative integer' AS problem, context_id, CAST(action AS TEXT) AS found
-    FROM staged_policy WHERE action IS NULL OR action < 0 OR action <> floor(action)
+    FROM staged_policy WHERE action IS NULL OR NOT isfinite(action) OR action < 0 OR action <> floor(action)
+        OR action > 2147483647
     UNION ALL
     SELECT 'prob must be in [0, 1]', context_id, CAST(prob AS TEXT)
     FROM staged_policy WHERE prob IS NULL OR isnan(prob) OR prob < 0 OR prob > 1

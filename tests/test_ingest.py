@@ -121,6 +121,13 @@ BAD_ROWS = [
     ("action", -1, "row 3, column action: must be a non-negative integer, found -1"),
     ("action", 1.5, "row 3, column action: must be a non-negative integer, found 1.5"),
     ("action", "abc", "row 3, column action: must be a non-negative integer, missing or not a number"),
+    # optional columns: a value that is there but does not parse is refused, not stored as missing
+    ("features", "1;2", "row 3, column features: must be finite numbers only, found 1;2"),
+    ("features", [1.0, "inf"], "row 3, column features: must be finite numbers only"),
+    ("action_probs", "0.5 0.5", "row 3, column action_probs: must be a distribution .* found 0.5 0.5"),
+    ("action_probs", [0.5, 0.5, None], r"row 3, column action_probs: must be a distribution .* found \[0.5, 0.5, NULL\]"),
+    ("position", "abc", "row 3, column position: must be a non-negative integer or empty, found abc"),
+    ("ts", "yesterday", "row 3, column ts: must be a timestamp, found yesterday"),
 ]
 
 
@@ -140,6 +147,36 @@ def test_bad_rows_are_refused_and_store_is_unchanged(store, tmp_path, column, va
     after = _all_tables(store)
     for table in before:
         assert before[table].equals(after[table]), table
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_values_after_the_first_rows_keep_their_type(store, tmp_path, suffix):
+    """DuckDB guesses column types from the first 20,480 rows; a later 0.5 reward must stay 0.5
+    and a later 1.5 action must be refused, not rounded."""
+    rows = [{"action": i % 2, "propensity": 0.5, "reward": i % 2} for i in range(25_000)]
+    for name, last in (("reward", {"action": 1, "propensity": 0.5, "reward": 0.5}),
+                       ("action", {"action": 1.5, "propensity": 0.5, "reward": 1})):
+        if suffix == ".csv":
+            text = "action,propensity,reward\n" + "".join(f"{r['action']},{r['propensity']},{r['reward']}\n"
+                                                         for r in [*rows, last])
+        else:
+            text = "".join(json.dumps(r) + "\n" for r in [*rows, last])
+        (tmp_path / f"{name}{suffix}").write_text(text)
+    with open_store(store) as con:
+        ingest_file(con, tmp_path / f"reward{suffix}", "a")
+        assert con.execute("SELECT reward FROM events WHERE event_id = 25000").fetchone()[0] == 0.5
+        with pytest.raises(MvalError, match="row 25001, column action: must be a non-negative integer, found 1.5"):
+            ingest_file(con, tmp_path / f"action{suffix}", "b")
+
+
+def test_text_timestamps_with_an_offset_are_stored_in_utc(store, tmp_path):
+    path = tmp_path / "ts.csv"
+    path.write_text("action,propensity,reward,ts\n0,0.5,1,2024-01-01 12:00:00+02\n1,0.5,0,2024-01-01 12:00:00\n"
+                    "1,0.5,0,2024-01-01T12:00:00Z\n")
+    with open_store(store) as con:
+        ingest_file(con, path, "a")
+        got = [str(r[0]) for r in con.execute("SELECT ts FROM events ORDER BY event_id").fetchall()]
+    assert got == ["2024-01-01 10:00:00", "2024-01-01 12:00:00", "2024-01-01 12:00:00"]
 
 
 def test_action_probs_must_match_propensity(store, tmp_path):

@@ -31,12 +31,26 @@ def test_context_free_policy(store, tmp_path):
     np.testing.assert_array_equal(policy.probs_for(np.array(["x", "y"])), [[0.5, 0.5, 0], [0.5, 0.5, 0]])
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_empty_context_id_is_context_free_in_every_format(store, tmp_path, suffix):
+    frame = pl.DataFrame({"context_id": ["", ""], "action": [0, 1], "prob": [0.25, 0.75]})
+    path = tmp_path / f"u{suffix}"
+    {".csv": frame.write_csv, ".parquet": frame.write_parquet, ".jsonl": frame.write_ndjson}[suffix](path)
+    with open_store(store) as con:
+        add_policy(con, "uniform", path)
+        policy = load_policy(con, "uniform")
+    assert policy.context_ids is None
+    np.testing.assert_array_equal(policy.probs_for(np.array(["x"])), [[0.25, 0.75]])
+
+
 @pytest.mark.parametrize(
     "content, match",
     [
         ("context_id,action,prob\na,0,0.5\na,1,0.4\n", r"context_id 'a': probabilities of a context must sum to 1 .*found 0.9"),
         ("context_id,action,prob\na,0,1.5\na,1,-0.5\n", r"prob must be in \[0, 1\], found"),
         ("context_id,action,prob\na,-1,1.0\n", "action must be a non-negative integer, found -1"),
+        ("context_id,action,prob\na,3000000000,1.0\n", "action must be a non-negative integer, found 3000000000"),
+        ("context_id,action,prob\na,0,0.5\na,0.5,0.5\n", "action must be a non-negative integer, found 0.5"),
         ("context_id,action,prob\na,0,0.5\na,0,0.5\n", r"each \(context_id, action\) must appear once"),
         ("context_id,action\na,0\n", "missing column.*prob"),
     ],
