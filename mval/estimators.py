@@ -182,14 +182,17 @@ def pibar_of_logged(probs_by_logger: np.ndarray, n_by_logger: Sequence[float]) -
 def stratified_variance(data: LoggedData, z: np.ndarray) -> float:
     """Var of (1/N) sum_i z_i when n_k rows come from logger k: (1/N^2) sum_k n_k s_k^2(z).
 
-    s_k^2 is the sample variance (ddof 1) of z within logger k; loggers with one row add 0.
+    s_k^2 is the sample variance (ddof 1) of z within logger k; a logger with one row has none, so it
+    gets the pooled sample variance of all rows (NaN when there is a single row in all).
     """
     n_k = data.logger_sizes
     sums = data.logger_sums(np.stack([z, z * z], axis=-1))
     with np.errstate(invalid="ignore", divide="ignore"):
         ss = sums[:, 1] - sums[:, 0] ** 2 / n_k
-        s2 = np.where(n_k > 1, np.maximum(ss, 0.0) / (n_k - 1), 0.0)
-    return float((n_k * s2).sum() / n_k.sum() ** 2)
+        n, total = n_k.sum(), sums.sum(axis=0)
+        pooled = max(total[1] - total[0] ** 2 / n, 0.0) / (n - 1) if n > 1 else np.nan
+        s2 = np.where(n_k > 1, np.maximum(ss, 0.0) / (n_k - 1), pooled)
+    return float((n_k * s2).sum() / n ** 2)
 
 
 def effective_sample_size(weights: np.ndarray, count: np.ndarray | None = None) -> float:
@@ -348,7 +351,13 @@ class WeightedIPS(IPS):
             fewest = int(data.logger_sizes.min())
             raise MvalError(f"weighted-ips needs at least 2 rows from every logger, found {fewest}")
         t = self.weights(data) * data.reward
-        return np.stack([t, t * t], axis=-1)
+        columns = np.stack([t, t * t], axis=-1)
+        sums, n_k = data.logger_sums(columns), data.logger_sizes
+        spread = sums[:, 1] - sums[:, 0] ** 2 / n_k
+        if (spread <= 1e-12 * np.maximum(sums[:, 1], 1e-300)).any():
+            raise MvalError("weighted-ips: the weighted rewards of one logger's rows do not vary (e.g. all its rewards "
+                            "are equal), so its precision is unknown; use ips or balanced-ips")
+        return columns
 
     @staticmethod
     def _lambdas(sums: np.ndarray, n_k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

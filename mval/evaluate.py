@@ -152,7 +152,8 @@ def _n_actions(con: duckdb.DuckDBPyConnection, df: pl.DataFrame, shapes: dict, l
         raise MvalError(f"action_probs have different lengths ({low} and {high}) across the "
                         "chosen loggers' rows; every row must list all actions")
     policy_k = dict(con.execute(
-        "SELECT policy, max(action) + 1 FROM policies WHERE list_contains(?, policy) GROUP BY policy",
+        "SELECT policy, max(action) FILTER (WHERE prob > 0) + 1 FROM policies "
+        "WHERE list_contains(?, policy) GROUP BY policy",
         [[*loggers, policy]],
     ).fetchall())
     if policy not in policy_k:
@@ -189,6 +190,10 @@ def _read_log(
     df = _query_cells(con, ingests, positions, False, folds, seed)
     if positions != "pooled" and df["position"].null_count() == df.height:
         raise MvalError(f"--positions {positions}: the chosen rows have no position; use --positions pooled")
+    if positions == "per-position" and df["position"].null_count():
+        missing = int(df.filter(pl.col("position").is_null())["count"].sum())
+        raise MvalError(f"--positions per-position: {missing} of the chosen rows have no position; give every row "
+                        "a position (or use --positions context or pooled)")
     shapes = _shapes(con, ingests)
     check_counted(shapes["rows"], df["count"].sum())
     n_actions = _n_actions(con, df, shapes, ingests.loggers, policy)
@@ -322,7 +327,12 @@ def evaluate_policy(
             q_logged=q_logged, q_target=q_target, count=sub["count"],
         )
         for name in progress(run, desc=f"evaluate {policy}"):
-            results.append((group, make_estimator(name, clip, tau).estimate(data, n_boot, seed, level)))
+            try:
+                results.append((group, make_estimator(name, clip, tau).estimate(data, n_boot, seed, level)))
+            except MvalError as e:  # this estimator cannot run on these rows (e.g. too few per logger)
+                if not everything:
+                    raise
+                skipped.setdefault(name, str(e) if group is None else f"position {group}: {e}")
     return Evaluation(policy, log.loggers, positions, model_name, tuple(results), skipped)
 
 
@@ -356,6 +366,16 @@ def _check_support(
         why = (f"logger {who!r} has no known policy{' at every context' if not unknown else ''}; add it with "
                f"`mval policy add STORE {who} FILE` (named like the logger) or log action_probs")
         return {**blocked, **{n: why for n in balanced}}, None
+    for j, k in enumerate(present):
+        mine = logger_index == j
+        said = logger_probs[k][sub["context"][mine], sub["action"][mine]]
+        if (said <= 0).any():
+            row = np.argmax(said <= 0)
+            key = log.keys[sub["context"][mine][row]]
+            where = "every context" if key is None else f"context {key!r}"
+            why = (f"logger {log.loggers[k]!r}'s policy gives probability 0 to action {sub['action'][mine][row]} at "
+                   f"{where}, which its rows took; fix that logger's policy (`mval policy add --replace`)")
+            return {**blocked, **{n: why for n in balanced}}, None
     pibar = sum(n * logger_probs[k] for n, k in zip(n_k, present)) / n_k.sum()
     problem = _overlap_problem(target, pibar, contexts, log.keys)
     if problem:

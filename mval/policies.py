@@ -108,6 +108,8 @@ def load_policy(con: duckdb.DuckDBPyConnection, name: str, n_actions: int | None
     if df.height == 0:
         known = ", ".join(policy_names(con)) or "none"
         raise MvalError(f"no policy named {name!r} in the store (known: {known}); add it with `mval policy add`")
+    if n_actions is not None:  # actions the log never has may be listed, with probability 0
+        df = df.filter((pl.col("action") < n_actions) | (pl.col("prob") > 0))
     k = int(df["action"].max()) + 1
     if n_actions is not None:
         if k > n_actions:

@@ -284,3 +284,19 @@ def base(**change):
 def test_refusals(build, match):
     with pytest.raises(MvalError, match=match):
         build()
+
+
+def test_weighted_ips_refuses_a_logger_whose_terms_do_not_vary():
+    """All-zero rewards in one logger would make its precision infinite and the estimate that logger's 0."""
+    data = LoggedData(reward=np.array([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0]), propensity=np.full(7, 0.5),
+                      target_prob=np.full(7, 0.5), logger=np.array([0, 0, 0, 0, 1, 1, 1]))
+    with pytest.raises(MvalError, match="weighted-ips: the weighted rewards of one logger's rows do not vary"):
+        make_estimator("weighted-ips").estimate(data)
+    assert make_estimator("ips").estimate(data).estimate == pytest.approx(3 / 7)
+
+
+def test_a_single_row_has_no_standard_error():
+    data = LoggedData(reward=np.array([1.0]), propensity=np.array([0.5]), target_prob=np.array([1.0]),
+                      logger=np.array([0]))
+    est = make_estimator("ips").estimate(data)
+    assert est.estimate == 2.0 and np.isnan(est.std_error)

@@ -360,3 +360,56 @@ def test_rows_written_around_mval_ingest_are_refused(logs, ingest_id, cells, mat
             add_event_cells(con, ingest_id)
     with open_store(path, read_only=True) as con, pytest.raises(MvalError, match=match):
         evaluate_policy(con, "T-safe", None if cells else ["A"], ["snips"])
+
+
+def test_a_target_may_list_actions_the_log_never_has_at_probability_0(logs, tmp_path):
+    path, frame = logs
+    with open_store(path) as con:
+        write_policy(con, tmp_path, "T-extra", np.hstack([TARGET_SAFE, np.zeros((4, 1))]))
+    with open_store(path, read_only=True) as con:
+        extra = by_name(evaluate_policy(con, "T-extra", ["A", "B"], ["ips", "dm"]))
+        plain = by_name(evaluate_policy(con, "T-safe", ["A", "B"], ["ips", "dm"]))
+        with pytest.raises(MvalError, match="policy 'T-4' has 4 actions"):  # a positive probability is still refused
+            evaluate_policy(con, "T-4", ["A", "B"], ["ips"])
+    assert extra["ips"].estimate == plain["ips"].estimate and extra["dm"].estimate == plain["dm"].estimate
+
+
+def test_all_skips_estimators_that_refuse_these_rows(tmp_path):
+    """A logger with one row: weighted-ips cannot run, the others do (and that row's variance is the pooled one);
+    a logger policy that gives 0 to an action its rows took: balanced estimators are skipped, with the fix."""
+    path = init_store(tmp_path / "s.duckdb")
+    frame = log_frame().filter(pl.col("logger").is_in(["A", "B"]))
+    b_row = frame.filter(pl.col("logger") == "B").head(1)
+    frame = pl.concat([frame.filter(pl.col("logger") == "A"), b_row])
+    with open_store(path) as con:
+        insert_events(con, frame)
+        write_policy(con, tmp_path, "A", UNIFORM[:1], contexts=[""])
+        write_policy(con, tmp_path, "B", UNIFORM[:1], contexts=[""])
+        write_policy(con, tmp_path, "T", TARGET)
+    with open_store(path, read_only=True) as con:
+        result = evaluate_policy(con, "T", None)
+    got = by_name(result)
+    assert result.skipped["weighted-ips"] == "weighted-ips needs at least 2 rows from every logger, found 1"
+    assert {"ips", "snips", "balanced-ips"} <= set(got)
+    with open_store(path) as con:
+        zero = np.full((1, K), 0.5)
+        zero[0, b_row["action"][0]] = 0.0
+        con.execute("DELETE FROM policies WHERE policy = 'B'")
+        write_policy(con, tmp_path, "B", zero, contexts=[""])
+    with open_store(path, read_only=True) as con:
+        skipped = evaluate_policy(con, "T", None).skipped
+    assert skipped["balanced-ips"].startswith(f"logger 'B''s policy gives probability 0 to action {b_row['action'][0]} "
+                                              f"at context {b_row['context_id'][0]!r}, which its rows took; fix that logger's policy")
+    sel, ctx, a, p, r, k = arrays(frame, ["A", "B"])
+    terms = TARGET[ctx, a] / p * r
+    n_a = int((k == 0).sum())
+    expected_var = (n_a * terms[k == 0].var(ddof=1) + terms.var(ddof=1)) / len(terms) ** 2
+    assert got["ips"].estimate == pytest.approx(terms.mean())
+    assert got["ips"].std_error == pytest.approx(np.sqrt(expected_var))
+
+
+def test_per_position_refuses_rows_without_a_position(logs):
+    path, _ = logs
+    with open_store(path, read_only=True) as con, pytest.raises(
+            MvalError, match="--positions per-position: 200 of the chosen rows have no position"):
+        evaluate_policy(con, "T-safe", ["A", "D"], ["ips"], positions="per-position")
