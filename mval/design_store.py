@@ -28,7 +28,7 @@ import polars as pl
 from mval.design import MvalProblem, balanced_variance, solve_exact
 from mval.design_cvxpy import solve_cvxpy
 from mval.errors import MvalError
-from mval.files import relation_for_file
+from mval.files import check_output_path, relation_for_file
 from mval.policies import load_policy, policy_frame, policy_names
 from mval.store import check_counted, load_sql, transaction
 
@@ -404,12 +404,12 @@ def save_design(con: duckdb.DuckDBPyConnection, policy: pl.DataFrame, name: str,
     return policy.height
 
 
+POLICY_FILE_TYPES = (".csv", ".parquet", ".json", ".jsonl", ".ndjson")
+
+
 def write_policy_file(policy: pl.DataFrame, path: str | Path) -> None:
     """The designed policy as CSV, Parquet or JSON (by extension), columns context_id, action, prob."""
-    path = Path(path)
-    suffix = path.suffix.lower()
+    path = check_output_path(path, POLICY_FILE_TYPES)
     writers = {".csv": policy.write_csv, ".parquet": policy.write_parquet, ".json": policy.write_json,
                ".jsonl": policy.write_ndjson, ".ndjson": policy.write_ndjson}
-    if suffix not in writers:
-        raise MvalError(f"-o {path}: unknown file type {suffix or '(none)'}; use .csv, .parquet, .json or .jsonl")
-    writers[suffix](path)
+    writers[path.suffix.lower()](path)

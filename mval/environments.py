@@ -133,6 +133,8 @@ def supervised_env(
     classes, y = np.unique(y, return_inverse=True)
     if len(classes) < 2:
         raise MvalError(f"{name}: the label has {len(classes)} distinct value(s); need at least 2 classes")
+    if len(y) < 10 * len(classes):
+        raise MvalError(f"{name}: {len(y)} rows for {len(classes)} classes; give at least 10 rows per class")
     rng = np.random.default_rng(seed)
     x = StandardScaler().fit_transform(np.asarray(x, dtype=float))
     k = len(classes)
@@ -180,6 +182,10 @@ def file_env(path: str | Path, label: str, **kwargs) -> BanditEnv:
         raise MvalError(f"{path}: no numeric feature columns besides the label {label!r}")
     if features.null_count().sum_horizontal()[0] > 0 or frame[label].null_count():
         raise MvalError(f"{path}: missing values in the features or label; fill or drop those rows")
+    finite = np.isfinite(features.to_numpy().astype(float))
+    if not finite.all():
+        row, col = np.argwhere(~finite)[0]
+        raise MvalError(f"{path}: row {row + 1}, column {features.columns[col]}: not a finite number; fix or drop it")
     return supervised_env(features.to_numpy(), frame[label].to_numpy(), path.stem, **kwargs)
 
 

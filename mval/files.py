@@ -63,3 +63,15 @@ def relation_for_file(con: duckdb.DuckDBPyConnection, path: str | Path, as_text:
     except duckdb.Error as e:
         raise MvalError(f"{path}: cannot read as {reader.removeprefix('read_')} ({str(e).splitlines()[0]})") from e
     return rel
+
+
+def check_output_path(path: str | Path, suffixes: tuple[str, ...] | None = None, flag: str = "-o") -> Path:
+    """Refuse, before any work is done, an output file whose folder does not exist or whose type is unknown."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise MvalError(f"{flag} {path}: folder {path.parent} does not exist; create it first")
+    if path.is_dir():
+        raise MvalError(f"{flag} {path}: is a folder; give a file name")
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise MvalError(f"{flag} {path}: unknown file type {path.suffix or '(none)'}; use {', '.join(suffixes)}")
+    return path

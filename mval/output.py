@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from decimal import Decimal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import click
 import polars as pl
 
 from mval.errors import MvalError
+from mval.files import check_output_path
 
 TABLE_ROWS = 40  # rows shown on a terminal; csv/json/parquet are always complete
 TABLE_STR = 40  # characters shown per text cell on a terminal
@@ -20,6 +22,8 @@ TABLE_STR = 40  # characters shown per text cell on a terminal
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, Decimal):  # DuckDB's HUGEINT sums and DECIMALs: numbers, integers kept exact
+        return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -41,7 +45,12 @@ def render(data: pl.DataFrame | Sequence[dict], fmt: str) -> str:
             return "[]"
         return "[\n" + ",\n".join(json.dumps(_clean(r), default=str) for r in records) + "\n]"
     frame = to_frame(data)
-    if fmt == "csv":
+    if fmt == "csv":  # nested values (lists, structs) as JSON text in their cell
+        nested = [c for c, t in frame.schema.items() if t.is_nested()]
+        frame = frame.with_columns(  # JSON-encode {"v": value}, then keep the value's part
+            pl.when(pl.col(c).is_not_null())
+            .then(pl.struct(pl.col(c).alias("v")).struct.json_encode().str.slice(5).str.strip_suffix("}"))
+            .alias(c) for c in nested)
         return frame.write_csv().rstrip("\n")
     if fmt == "table":
         with pl.Config(
@@ -57,6 +66,8 @@ def render(data: pl.DataFrame | Sequence[dict], fmt: str) -> str:
 
 def emit(data: pl.DataFrame | Sequence[dict], fmt: str, path: str | Path | None = None) -> None:
     """Print `data` (or write it to `path`); parquet needs a path."""
+    if path is not None:
+        check_output_path(path)
     if fmt == "parquet":
         if path is None:
             raise MvalError("--format parquet writes a binary file: give -o FILE.parquet")

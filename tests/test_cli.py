@@ -51,6 +51,15 @@ def test_init_ingest_query_flow(loaded, tmp_path):
     assert "already ingested" in again
 
 
+def test_csv_and_json_output_of_lists_and_big_integers(loaded):
+    """Lists go into a CSV cell as JSON text; DuckDB's HUGEINT sums print as JSON numbers."""
+    csv = run("query", loaded, "SELECT [1.5::DOUBLE, NULL] AS xs, {'a': 1} AS st, NULL::DOUBLE[] AS none", "--format", "csv").output
+    assert csv.splitlines() == ["xs,st,none", '"[1.5,null]","{""a"":1}",']
+    out = run("query", loaded, "SELECT sum(action) AS s FROM events", "--format", "json").output
+    total = run("query", loaded, "SELECT sum(action)::BIGINT FROM events", "--format", "csv").output.splitlines()[1]
+    assert json.loads(out) == [{"s": int(total)}]
+
+
 def test_table_output_is_truncated_but_csv_is_exact(loaded):
     table = run("query", loaded, "SELECT event_id FROM events").output
     assert "(100 rows; --format csv or json prints them all)" in table
@@ -79,6 +88,11 @@ BAD_COMMANDS = [
     (lambda s, t: ["query", s, "SELECT nope FROM events"], "query failed: Binder Error"),
     (lambda s, t: ["query", s, "SELECT 1", "--format", "parquet"], "give -o FILE.parquet"),
     (lambda s, t: ["policy", "add", s, "p", _bad_log(t)], "missing column"),
+    (lambda s, t: ["query", s, "SELECT 1", "--format", "csv", "-o", t / "nodir" / "x.csv"], "folder .*nodir does not exist"),
+    # checked before anything is designed or saved (the target does not even exist here)
+    (lambda s, t: ["design", s, "--target", "nope", "--budget", "10", "-o", t / "out.txt"], "unknown file type .txt"),
+    (lambda s, t: ["simulate", "--env", "synthetic", "--noise", "0.3"], "--noise applies to supervised environments"),
+    (lambda s, t: ["simulate", "--env", "synthetic", "--plot", t / "nodir" / "p.png"], "--plot .* does not exist"),
 ]
 
 

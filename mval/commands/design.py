@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from mval.design_store import ESTIMATORS, OBJECTIVES, SOLVERS, design_logging_policy, save_design, write_policy_file
+from mval.design_store import (ESTIMATORS, OBJECTIVES, POLICY_FILE_TYPES, SOLVERS, design_logging_policy, save_design,
+                                write_policy_file)
+from mval.files import check_output_path
 from mval.output import emit, format_option
 from mval.store import open_store
 
@@ -47,6 +49,8 @@ def design(store: str, target: str, budget: int, objective: str, estimator: str,
       mval design logs.duckdb --target new-ranker --budget 10000 --floor 0.01 -o next.csv
     """
     targets = _names(target)
+    if output:  # refused before the policy is designed and saved
+        check_output_path(output, POLICY_FILE_TYPES)
     with open_store(store) as con:
         result = design_logging_policy(
             con, targets, budget, objective=objective, estimator=estimator, floor=floor, cap=cap,

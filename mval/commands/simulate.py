@@ -6,6 +6,7 @@ import click
 
 from mval.environments import REPLAY_CONTEXTS, SKLEARN_DATASETS, file_env, replay_from_store, sklearn_env, synthetic_env
 from mval.errors import MvalError
+from mval.files import check_output_path
 from mval.output import emit, format_option
 from mval.simulate import run_experiment, summarise
 from mval.store import open_store
@@ -47,7 +48,7 @@ def _budgets(text: str) -> list[int]:
 @click.option("--budget", "budget_text", default="500,2000", show_default=True, help="New rounds n1, comma list.")
 @click.option("--n0", type=click.IntRange(min=1), default=2000, show_default=True, help="Rows of the existing log.")
 @click.option("--reps", type=click.IntRange(min=2), default=200, show_default=True, help="Replications.")
-@click.option("--noise", type=float, default=0.1, show_default=True, help="Supervised envs: reward flip probability.")
+@click.option("--noise", type=float, help="Supervised envs (sklearn data, --data): reward flip probability [default: 0.1].")
 @click.option("--overlap", type=float, default=0.5, show_default=True, help="synthetic: how much pi0 agrees with pi.")
 @click.option("--actions", type=click.IntRange(min=2), default=10, show_default=True, help="synthetic: actions.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -75,6 +76,12 @@ def simulate(env_name: str, data: str | None, label: str | None, replay_store: s
       mval simulate --data labelled.csv --label y --budget 1000
       mval simulate --replay obd.duckdb --logger random --replay-context position --n0 3000 --budget 1000,3000
     """
+    if plot:  # refused before the run, not after it
+        check_output_path(plot, (".png",), "--plot")
+    if noise is not None and (replay_store is not None or (data is None and env_name == "synthetic")):
+        raise MvalError("--noise applies to supervised environments (an sklearn data set or --data); "
+                        "the synthetic and replay environments have --overlap")
+    noise = 0.1 if noise is None else noise
     if replay_store is not None:
         if logger is None:
             raise MvalError("--replay needs --logger NAME (a uniform-random logger in that store)")
