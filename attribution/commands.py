@@ -13,6 +13,7 @@ from attribution.probes import direction_from_file, load_probe, train_probe
 from attribution.scorers import ScoreRequest, make_scorer
 from attribution.scoring import score_dataset, top_scores
 from mval.errors import MvalError
+from mval.files import output_file_option
 from mval.output import emit, format_option, stderr
 from mval.store import open_store
 
@@ -70,7 +71,7 @@ def probe() -> None:
 @click.option("--held-out", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True,
               help="Share of each label held out to measure accuracy.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), callback=output_file_option,
               help="Where to write the probe (.safetensors).")
 @format_option("table", "json")
 def probe_train(model_dir: str, layer: int, data: str | None, direction: str | None, key: str | None,
@@ -117,7 +118,7 @@ def probe_train(model_dir: str, layer: int, data: str | None, direction: str | N
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Projected gradients and EK-FAC factors (default: STORE.cache/ next to the store).")
 @click.option("--replace", is_flag=True, help="Delete earlier scores of this method and concept first.")
-@click.option("--top", type=int, default=10, show_default=True, help="How many top examples to print.")
+@click.option("--top", type=click.IntRange(min=0), default=10, show_default=True, help="How many top examples to print.")
 @format_option("table", "json", "csv")
 def score(store: str, model_dir: str, dataset: str, concept_file: str, method: str, queries: str | None,
           concept_name: str | None, batch_size: int, proj_dim: int, seed: int, damping: float | None,
@@ -156,7 +157,7 @@ def score(store: str, model_dir: str, dataset: str, concept_file: str, method: s
 @click.option("--concept", help="Concept name (needed only when the method has scores for several).")
 @click.option("--drop-top", type=int, help="Drop the K highest-scored examples.")
 @click.option("--drop-above", type=float, help="Drop the examples scoring above S.")
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), callback=output_file_option,
               help="Where to write the kept examples (JSON lines, input format).")
 @format_option("table", "json")
 def curate(store: str, dataset: str, method: str, concept: str | None, drop_top: int | None,

@@ -77,6 +77,9 @@ def _parse(record: object, where: str, with_id: bool) -> Example:
     if text is None and (prompt is None or response is None):
         missing = [k for k, v in (("prompt", prompt), ("response", response)) if v is None]
         raise MvalError(f"{where}: missing field {' and '.join(map(repr, missing))}; give 'text' or 'prompt' and 'response'")
+    if not (text or "").strip() and not (response or "").strip():
+        raise MvalError(f"{where}: field {'text' if text is not None else 'response'!r} is empty; the training "
+                        "loss needs some text (drop the record or fill it)")
     return Example(str(example_id) if example_id is not None else where, prompt, response, text)
 
 
@@ -144,6 +147,7 @@ def add_examples(con: duckdb.DuckDBPyConnection, dataset: str, path: str | Path,
         with transaction(con):
             if replace:
                 con.execute("DELETE FROM scores WHERE dataset = ?", [dataset]).fetchall()
+                con.execute("DELETE FROM score_runs WHERE dataset = ?", [dataset]).fetchall()
                 con.execute("DELETE FROM examples WHERE dataset = ?", [dataset]).fetchall()
             clash = con.execute(
                 "SELECT s.example_id FROM staged_examples s JOIN examples e ON e.dataset = ? AND e.example_id = s.example_id "

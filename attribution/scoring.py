@@ -59,27 +59,30 @@ def run_settings(model: ConceptModel, method: str, request: ScoreRequest) -> dic
 
 
 def _check_run(con: duckdb.DuckDBPyConnection, dataset: str, method: str, concept: str, settings: dict,
-               replace: bool) -> None:
+               replace: bool) -> list[tuple[str, list]]:
+    """Refuse a resume with other settings; return the statements that record this run (and, with
+    `replace`, delete the old one), run with the first scores committed, so a run that fails before
+    scoring anything leaves the store as it was."""
     text = json.dumps(settings, sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()
-    with transaction(con):
-        if replace:
-            con.execute("DELETE FROM scores WHERE dataset = ? AND method = ? AND concept = ?",
-                        [dataset, method, concept]).fetchall()
-            con.execute("DELETE FROM score_runs WHERE dataset = ? AND method = ? AND concept = ?",
-                        [dataset, method, concept]).fetchall()
-        rows = con.execute("SELECT fingerprint, settings FROM score_runs WHERE dataset = ? AND method = ? AND concept = ?",
-                           [dataset, method, concept]).fetchall()
-        if rows and rows[0][0] != digest:
-            old = json.loads(rows[0][1])
-            changed = sorted(k for k in settings.keys() | old.keys() if settings.get(k) != old.get(k))
-            raise MvalError(
-                f"dataset {dataset!r} already has {method} scores for concept {concept!r} made with a different "
-                f"{', '.join(changed)}; use another --concept-name, or --replace to rescore"
-            )
-        if not rows:
-            con.execute("INSERT INTO score_runs (dataset, method, concept, fingerprint, settings) VALUES (?, ?, ?, ?, ?)",
-                        [dataset, method, concept, digest, text]).fetchall()
+    key = [dataset, method, concept]
+    where = "WHERE dataset = ? AND method = ? AND concept = ?"
+    if replace:
+        return [(f"DELETE FROM scores {where}", key), (f"DELETE FROM score_runs {where}", key),
+                ("INSERT INTO score_runs (dataset, method, concept, fingerprint, settings) VALUES (?, ?, ?, ?, ?)",
+                 [*key, digest, text])]
+    rows = con.execute(f"SELECT fingerprint, settings FROM score_runs {where}", key).fetchall()
+    if rows and rows[0][0] != digest:
+        old = json.loads(rows[0][1])
+        changed = sorted(k for k in settings.keys() | old.keys() if settings.get(k) != old.get(k))
+        raise MvalError(
+            f"dataset {dataset!r} already has {method} scores for concept {concept!r} made with a different "
+            f"{', '.join(changed)}; use another --concept-name, or --replace to rescore"
+        )
+    if rows:
+        return []
+    return [("INSERT INTO score_runs (dataset, method, concept, fingerprint, settings) VALUES (?, ?, ?, ?, ?)",
+             [*key, digest, text])]
 
 
 def _unscored(con: duckdb.DuckDBPyConnection, dataset: str, method: str, concept: str) -> list[Example]:
@@ -97,18 +100,22 @@ def _checked(method: str, examples: Sequence[Example], scores: np.ndarray) -> pl
 
 
 def _write(con: duckdb.DuckDBPyConnection, dataset: str, method: str, concept: str,
-           parts: list[pl.DataFrame]) -> None:
-    """Commit the scored batches `parts` in one transaction, and empty the list."""
+           parts: list[pl.DataFrame], first: list[tuple[str, list]]) -> None:
+    """Commit the scored batches `parts` in one transaction (after the pending statements `first`,
+    which record the run), and empty both lists."""
     if not parts:
         return
     con.register("batch_scores", pl.concat(parts))
     try:
         with transaction(con):
+            for statement, params in first:
+                con.execute(statement, params).fetchall()
             con.execute("INSERT INTO scores (dataset, example_id, method, concept, score) "
                         "SELECT ?, example_id, ?, ?, score FROM batch_scores", [dataset, method, concept]).fetchall()
     finally:
         con.unregister("batch_scores")
     parts.clear()
+    first.clear()
 
 
 def score_dataset(con: duckdb.DuckDBPyConnection, dataset: str, method: str, concept: str, model: ConceptModel,
@@ -120,8 +127,8 @@ def score_dataset(con: duckdb.DuckDBPyConnection, dataset: str, method: str, con
     examples = load_examples(con, dataset)
     total = len(examples)
     request.concept.check_fits(model)
-    _check_run(con, dataset, method, concept, run_settings(model, method, request), replace)
-    todo = _unscored(con, dataset, method, concept)
+    first = _check_run(con, dataset, method, concept, run_settings(model, method, request), replace)
+    todo = examples if replace else _unscored(con, dataset, method, concept)
     fit = getattr(scorer, "fit", None)
     if todo and fit is not None:  # e.g. influence's Hessian: always from the whole dataset, even on resume
         fit(model, examples)
@@ -132,10 +139,10 @@ def score_dataset(con: duckdb.DuckDBPyConnection, dataset: str, method: str, con
         for chunk in progress(chunks, desc=f"{method} scores", total=len(chunks)):
             parts.append(_checked(method, chunk, np.asarray(scorer.score(model, chunk), dtype=np.float64)))
             if time.perf_counter() - flushed >= flush_seconds:
-                _write(con, dataset, method, concept, parts)
+                _write(con, dataset, method, concept, parts, first)
                 flushed = time.perf_counter()
     finally:
-        _write(con, dataset, method, concept, parts)
+        _write(con, dataset, method, concept, parts, first)
     return ScoreSummary(dataset, method, concept, len(todo), total - len(todo), total, time.perf_counter() - start)
 
 

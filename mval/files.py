@@ -75,3 +75,10 @@ def check_output_path(path: str | Path, suffixes: tuple[str, ...] | None = None,
     if suffixes is not None and path.suffix.lower() not in suffixes:
         raise MvalError(f"{flag} {path}: unknown file type {path.suffix or '(none)'}; use {', '.join(suffixes)}")
     return path
+
+
+def output_file_option(ctx, param, value: str | None) -> str | None:
+    """A click callback: check an output file option (folder exists, not a folder) while parsing, before any work."""
+    if value is not None:
+        check_output_path(value, flag=max(param.opts, key=len))
+    return value

@@ -129,6 +129,25 @@ def test_rerun_with_other_settings_is_refused_unless_replaced(filled, model):
         assert replaced.scored == 23 and len(stored(con)) == 23
 
 
+def test_a_run_that_fails_before_scoring_leaves_the_store_as_it_was(filled, model, tmp_path):
+    """--replace deletes the old scores, and a new run is recorded, only together with the first new scores."""
+    request = ScoreRequest(CONCEPT, batch_size=8)
+    other = ScoreRequest(ProbeDirection(CONCEPT.vector, 2, "mean"), batch_size=8)
+    runs = "SELECT method, concept, fingerprint FROM score_runs ORDER BY ALL"
+    with open_store(filled) as con:
+        score_dataset(con, "sft", "probe", "c", model, make_scorer("probe", request), request)
+        before, runs_before = stored(con), con.execute(runs).fetchall()
+        for concept, replace in (("c", True), ("new", False)):
+            with pytest.raises(KeyboardInterrupt):
+                score_dataset(con, "sft", "probe", concept, model, CrashAfter(make_scorer("probe", other), 0), other,
+                              replace=replace)
+            assert stored(con) == before and con.execute(runs).fetchall() == runs_before
+        # the retry with other settings is not refused by a run that never scored anything
+        score_dataset(con, "sft", "probe", "new", model, make_scorer("probe", request), request)
+        add_examples(con, "sft", write_jsonl(tmp_path / "v2.jsonl", records(5, seed=1)), replace=True)
+        assert con.execute("SELECT count(*) FROM score_runs").fetchone()[0] == 0  # replaced data, no stale runs
+
+
 def test_curate_drops_top_or_above_in_the_input_format(filled, model, tmp_path):
     request = ScoreRequest(CONCEPT, batch_size=8)
     with open_store(filled) as con:
@@ -196,6 +215,9 @@ def test_commands_end_to_end(cli, store, model_dir, tmp_path):
 
 @pytest.mark.parametrize(("args", "match"), [
     (["examples", "add", "{store}", "sft", "{tmp}/missing.jsonl"], r"missing.jsonl: no such file"),
+    (["examples", "add", "{store}", "sft", "{tmp}/empty-text.jsonl"], r"empty-text.jsonl line 2: field 'text' is empty"),
+    (["probe", "train", "--model", "{model}", "--layer", "1", "--data", "{tmp}/empty-text.jsonl",
+      "-o", "{tmp}/nodir/p.safetensors"], r"--output .*nodir/p.safetensors: folder .* does not exist"),
     (["probe", "train", "--model", "{model}", "--layer", "1", "-o", "{tmp}/p.safetensors"], r"exactly one of --data"),
     (["probe", "train", "--model", "{tmp}", "--layer", "1", "--direction", "{tmp}/v.npy", "-o", "{tmp}/p.safetensors"],
      r"no config.json"),
@@ -203,6 +225,7 @@ def test_commands_end_to_end(cli, store, model_dir, tmp_path):
      r"--concept .*none.safetensors: no such probe file"),
 ])
 def test_command_errors_are_one_line_and_exit_2(cli, store, model_dir, tmp_path, args, match):
+    (tmp_path / "empty-text.jsonl").write_text('{"id": "a", "text": "hi"}\n{"id": "b", "text": " "}\n')
     result = cli(*[a.format(store=store, tmp=tmp_path, model=model_dir) for a in args])
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and __import__("re").search(match, result.output)

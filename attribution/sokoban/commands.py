@@ -11,6 +11,7 @@ import torch
 from attribution.sokoban.agent import DRCConfig, load_agent
 from attribution.sokoban.levels import ACTIONS, generate_levels, read_levels, write_levels
 from mval.errors import MvalError
+from mval.files import output_file_option
 from mval.output import emit, format_option, stderr
 
 
@@ -45,7 +46,7 @@ def sokoban() -> None:
               help="Keep levels whose optimal solution has at least this many moves.")
 @click.option("--max-length", default=10_000, show_default=True, help="... and at most this many.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Level file to write.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), callback=output_file_option, help="Level file to write.")
 @format_option("table", "json")
 def levels(size: int, boxes: int, n: int, min_length: int, max_length: int, seed: int, output: str, fmt: str) -> None:
     """Generate solvable levels (random room, boxes placed by reverse play), each solved optimally.
@@ -119,7 +120,7 @@ def train(out, levels_path, size, boxes, n_levels, min_length, layers, ticks, ch
 @_agent_option
 @click.option("--thinking-steps", default=0, show_default=True, help="Extra steps on the first observation before acting.")
 @click.option("--max-steps", default=120, show_default=True, help="Episode cap.")
-@click.option("--render", type=click.Path(dir_okay=False), default=None, help="Write a GIF of one level.")
+@click.option("--render", type=click.Path(dir_okay=False), callback=output_file_option, default=None, help="Write a GIF of one level.")
 @click.option("--render-level", default=0, show_default=True, help="Which level --render shows.")
 @click.option("--probe", "probe_path", type=click.Path(dir_okay=False), default=None,
               help="Draw this probe's plan arrows in the GIF.")
@@ -162,7 +163,7 @@ def play(levels_path, agent, thinking_steps, max_steps, render, render_level, pr
 @click.option("--test-fraction", default=0.5, show_default=True, help="Share of levels held out for F1.")
 @click.option("--thinking-steps", default=0, show_default=True)
 @click.option("--top", default=3, show_default=True, help="Single channels listed per direction.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+@click.option("-o", "--output", type=click.Path(dir_okay=False), callback=output_file_option, default=None,
               help="Save the best single-layer probe (safetensors).")
 @click.option("--concept-out", type=click.Path(dir_okay=False), default=None,
               help="Also save the best probe's --direction plan as a concept file for `mval score`.")
@@ -233,7 +234,7 @@ def probe(levels_path, agent, label, test_fraction, thinking_steps, top, output,
 @click.option("--squares", type=click.Choice(["all", "player"]), default=None,
               help="Read the plan averaged over all squares, or at the player's square (where the next move is "
                    "decided) [default: player for a --label move probe, all otherwise].")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Concept file to write.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), callback=output_file_option, help="Concept file to write.")
 @format_option("table", "json")
 def concept(probe_path, direction, agent, squares, output, fmt) -> None:
     """Turn a plan probe (`mval sokoban probe -o`) into a concept file for `mval score`.
@@ -259,7 +260,7 @@ def concept(probe_path, direction, agent, squares, output, fmt) -> None:
 @click.argument("source", type=click.Path(exists=False))
 @click.option("--episodes", type=click.Choice(["expert", "recorded"]), default="expert", show_default=True,
               help="expert: the solver's demonstration per level; recorded: the last episode the run played on it.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), callback=output_file_option,
               help="JSON lines file of examples (accepted by `mval examples add`).")
 @click.option("--store", type=click.Path(dir_okay=False), default=None, help="Also add the examples to this store ...")
 @click.option("--dataset", "dataset_name", default=None, help="... as this dataset.")
