@@ -119,7 +119,8 @@ def _generic_columns(
         "features": "TRY_CAST({} AS DOUBLE[])",
     }
     out = {col: expr.format(_ident(source[col])) for col, expr in exprs.items() if source[col] in columns}
-    out |= {f"_{col}_raw": _raw(source[col]) for col in PARSED if source[col] in columns}
+    out |= {f"_{col}_raw": _raw(source[col]) for col in PARSED  # only text can fail to parse (typed Parquet cannot)
+            if source[col] in columns and types[source[col]] == "VARCHAR"}
     if features:
         cols = _resolve_features(columns, features, path)
         out["features"] = "[" + ", ".join(f"TRY_CAST({_ident(c)} AS DOUBLE)" for c in cols) + "]"
