@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -68,7 +69,9 @@ def content_hash(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-PARSED = ("features", "action_probs", "position", "ts")  # optional columns parsed from text: kept raw too
+PARSED = ("features", "action_probs", "position", "ts")  # optional columns that may fail to parse: kept raw too
+# DuckDB types that cast to the store's type without fail: numbers and lists of them; timestamps and dates for ts
+_NUMERIC = re.compile(r"(U?(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT)|FLOAT|DOUBLE|DECIMAL\(\d+,\d+\))(\[\d*\])?")
 
 
 def _timestamp_expr(column: str, type_name: str) -> str:
@@ -82,9 +85,17 @@ def _timestamp_expr(column: str, type_name: str) -> str:
     return f"TRY_CAST({col} AS TIMESTAMP)"
 
 
-def _raw(column: str) -> str:
-    """The file's text of a parsed column, empty text as missing: a value that does not parse is refused, not dropped."""
-    return f"nullif(trim(CAST({_ident(column)} AS TEXT)), '')"
+def _raw_columns(sources: dict[str, str], types: dict[str, str]) -> dict[str, str]:
+    """`_<col>_raw`: the file's text of each parsed store column (store column -> file column) whose type
+    may fail to parse, empty text as missing, so that a value that does not parse is refused, not dropped.
+    Typed columns that always cast (Parquet numbers, timestamps) are skipped: the text would cost a cast per row."""
+    def may_fail(col: str, type_name: str) -> bool:
+        if col == "ts":
+            return not type_name.startswith(("TIMESTAMP", "DATE"))
+        return not _NUMERIC.fullmatch(type_name)
+
+    return {f"_{col}_raw": f"nullif(trim(CAST({_ident(src)} AS TEXT)), '')"
+            for col, src in sources.items() if may_fail(col, types[src])}
 
 
 def _resolve_features(columns: list[str], patterns: list[str], path: Path) -> list[str]:
@@ -119,8 +130,7 @@ def _generic_columns(
         "features": "TRY_CAST({} AS DOUBLE[])",
     }
     out = {col: expr.format(_ident(source[col])) for col, expr in exprs.items() if source[col] in columns}
-    out |= {f"_{col}_raw": _raw(source[col]) for col in PARSED  # only text can fail to parse (typed Parquet cannot)
-            if source[col] in columns and types[source[col]] == "VARCHAR"}
+    out |= _raw_columns({col: source[col] for col in PARSED if source[col] in columns}, types)
     if features:
         cols = _resolve_features(columns, features, path)
         out["features"] = "[" + ", ".join(f"TRY_CAST({_ident(c)} AS DOUBLE)" for c in cols) + "]"
@@ -146,8 +156,7 @@ def _obd_columns(columns: list[str], types: dict[str, str], path: Path) -> dict[
         "reward": 'TRY_CAST("click" AS DOUBLE)',
         "position": 'TRY_CAST("position" AS DOUBLE)',
         "ts": _timestamp_expr("timestamp", types["timestamp"]),
-        "_position_raw": _raw("position"),
-        "_ts_raw": _raw("timestamp"),
+        **_raw_columns({"position": "position", "ts": "timestamp"}, types),
     }
     if users:
         out["context_id"] = "concat_ws('|', " + ", ".join(f"CAST({_ident(c)} AS TEXT)" for c in users) + ")"

@@ -169,6 +169,18 @@ def test_values_after_the_first_rows_keep_their_type(store, tmp_path, suffix):
             ingest_file(con, tmp_path / f"action{suffix}", "b")
 
 
+def test_typed_parquet_columns_that_do_not_parse_are_refused(store, tmp_path):
+    """Parquet keeps its types; a ts of integers or features of text still cannot be stored as missing."""
+    base = {"action": [0, 1], "propensity": [0.5, 0.5], "reward": [1.0, 0.0]}
+    pl.DataFrame({**base, "ts": [1, 2]}).write_parquet(tmp_path / "ts.parquet")
+    pl.DataFrame({**base, "features": [["1", "2"], ["x", "2"]]}).write_parquet(tmp_path / "f.parquet")
+    with open_store(store) as con:
+        with pytest.raises(MvalError, match="row 1, column ts: must be a timestamp, found 1"):
+            ingest_file(con, tmp_path / "ts.parquet", "a")
+        with pytest.raises(MvalError, match=r"row 2, column features: must be finite numbers only, found \[NULL, 2.0\]"):
+            ingest_file(con, tmp_path / "f.parquet", "a")
+
+
 def test_text_timestamps_with_an_offset_are_stored_in_utc(store, tmp_path):
     path = tmp_path / "ts.csv"
     path.write_text("action,propensity,reward,ts\n0,0.5,1,2024-01-01 12:00:00+02\n1,0.5,0,2024-01-01 12:00:00\n"
