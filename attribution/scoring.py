@@ -67,10 +67,10 @@ def _check_run(con: duckdb.DuckDBPyConnection, dataset: str, method: str, concep
     digest = hashlib.sha256(text.encode()).hexdigest()
     key = [dataset, method, concept]
     where = "WHERE dataset = ? AND method = ? AND concept = ?"
+    record = ("INSERT INTO score_runs (dataset, method, concept, fingerprint, settings) VALUES (?, ?, ?, ?, ?)",
+              [*key, digest, text])
     if replace:
-        return [(f"DELETE FROM scores {where}", key), (f"DELETE FROM score_runs {where}", key),
-                ("INSERT INTO score_runs (dataset, method, concept, fingerprint, settings) VALUES (?, ?, ?, ?, ?)",
-                 [*key, digest, text])]
+        return [(f"DELETE FROM scores {where}", key), (f"DELETE FROM score_runs {where}", key), record]
     rows = con.execute(f"SELECT fingerprint, settings FROM score_runs {where}", key).fetchall()
     if rows and rows[0][0] != digest:
         old = json.loads(rows[0][1])
@@ -79,10 +79,7 @@ def _check_run(con: duckdb.DuckDBPyConnection, dataset: str, method: str, concep
             f"dataset {dataset!r} already has {method} scores for concept {concept!r} made with a different "
             f"{', '.join(changed)}; use another --concept-name, or --replace to rescore"
         )
-    if rows:
-        return []
-    return [("INSERT INTO score_runs (dataset, method, concept, fingerprint, settings) VALUES (?, ?, ?, ?, ?)",
-             [*key, digest, text])]
+    return [] if rows else [record]
 
 
 def _unscored(con: duckdb.DuckDBPyConnection, dataset: str, method: str, concept: str) -> list[Example]:

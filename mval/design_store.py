@@ -404,12 +404,13 @@ def save_design(con: duckdb.DuckDBPyConnection, policy: pl.DataFrame, name: str,
     return policy.height
 
 
-POLICY_FILE_TYPES = (".csv", ".parquet", ".json", ".jsonl", ".ndjson")
+POLICY_WRITERS = {".csv": pl.DataFrame.write_csv, ".parquet": pl.DataFrame.write_parquet,
+                  ".json": pl.DataFrame.write_json, ".jsonl": pl.DataFrame.write_ndjson,
+                  ".ndjson": pl.DataFrame.write_ndjson}
+POLICY_FILE_TYPES = tuple(POLICY_WRITERS)
 
 
 def write_policy_file(policy: pl.DataFrame, path: str | Path) -> None:
     """The designed policy as CSV, Parquet or JSON (by extension), columns context_id, action, prob."""
     path = check_output_path(path, POLICY_FILE_TYPES)
-    writers = {".csv": policy.write_csv, ".parquet": policy.write_parquet, ".json": policy.write_json,
-               ".jsonl": policy.write_ndjson, ".ndjson": policy.write_ndjson}
-    writers[path.suffix.lower()](path)
+    POLICY_WRITERS[path.suffix.lower()](policy, path)

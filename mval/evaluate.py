@@ -264,9 +264,12 @@ def _overlap_problem(target: np.ndarray, cover: np.ndarray, contexts: np.ndarray
     if not bad.any():
         return None
     row, action = np.argwhere(bad)[0]
-    key = keys[contexts[row]]
-    where = "every context" if key is None else f"context {key!r}"
-    return f"gives probability {t[row, action]:.3g} to action {action} at {where}"
+    return f"gives probability {t[row, action]:.3g} to action {action} at {_context_name(keys[contexts[row]])}"
+
+
+def _context_name(key: str | None) -> str:
+    """How messages name a context key (None: the rows without context_id, i.e. a context-free policy's one)."""
+    return "every context" if key is None else f"context {key!r}"
 
 
 def evaluate_policy(
@@ -311,11 +314,14 @@ def evaluate_policy(
         sub = {k: v[rows] for k, v in cells.items()}
         present, logger_index = np.unique(sub["logger_index"], return_inverse=True)
         n_k = np.bincount(logger_index, weights=sub["count"])
+        def skip(name: str, why: str) -> None:
+            skipped.setdefault(name, why if group is None else f"position {group}: {why}")
+
         blocked, pibar = _check_support(names, policy, target, logger_probs, log, sub, present, logger_index, n_k)
         for name, why in blocked.items():
             if not everything:
                 raise MvalError(f"--estimator {name}: {why}")
-            skipped.setdefault(name, why if group is None else f"position {group}: {why}")
+            skip(name, why)
         run = [n for n in names if n not in blocked]
         q_logged = q_target = None
         if any(n in NEEDS_MODEL for n in run):
@@ -332,7 +338,7 @@ def evaluate_policy(
             except MvalError as e:  # this estimator cannot run on these rows (e.g. too few per logger)
                 if not everything:
                     raise
-                skipped.setdefault(name, str(e) if group is None else f"position {group}: {e}")
+                skip(name, str(e))
     return Evaluation(policy, log.loggers, positions, model_name, tuple(results), skipped)
 
 
@@ -371,8 +377,7 @@ def _check_support(
         said = logger_probs[k][sub["context"][mine], sub["action"][mine]]
         if (said <= 0).any():
             row = np.argmax(said <= 0)
-            key = log.keys[sub["context"][mine][row]]
-            where = "every context" if key is None else f"context {key!r}"
+            where = _context_name(log.keys[sub["context"][mine][row]])
             why = (f"logger {log.loggers[k]!r}'s policy gives probability 0 to action {sub['action'][mine][row]} at "
                    f"{where}, which its rows took; fix that logger's policy (`mval policy add --replace`)")
             return {**blocked, **{n: why for n in balanced}}, None
