@@ -12,8 +12,10 @@ Model files are read weights-only: `*.safetensors`, or a `pytorch_model.bin` tha
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -47,6 +49,8 @@ class ConceptModel(Protocol):
     - `encode(examples)`: a `Batch`; padding must not change the outputs at real positions.
     - `hidden_states(batch, layer)`: [B, T, d_model] activations, differentiable in the parameters.
     - `example_losses(batch)`: [B] training loss of each example (mean token NLL for an LM).
+    - optional `settings()`: a JSON-able dict of what else decides the outputs (config, tokenizer); it
+      enters the model's fingerprint, so cached gradients and score runs notice a change.
     """
 
     module: torch.nn.Module
@@ -71,8 +75,12 @@ def check_layer(model: ConceptModel, layer: int) -> int:
 
 
 def fingerprint(model: ConceptModel) -> str:
-    """sha256 of the module's parameters and buffers (names, shapes, values): the key of cached gradients."""
+    """sha256 of the module's parameters and buffers (names, shapes, values) and of whatever else decides
+    its outputs (`model.settings()`, if it has one: an LM's config and tokenizer): the key of cached gradients."""
     digest = hashlib.sha256()
+    settings = getattr(model, "settings", None)
+    if settings is not None:
+        digest.update(json.dumps(settings(), sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.module.state_dict().items()):
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
@@ -98,6 +106,18 @@ class HFCausalLM:
         self.max_length = max_length or int(getattr(config, "max_position_embeddings", 512))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
+    def settings(self) -> dict:
+        """What decides the outputs besides the weights: the config (without the folder's path and the
+        transformers version), the tokenizer's vocabulary and the length limit."""
+        config = {k: v for k, v in self.module.config.to_dict().items()
+                  if k not in ("_name_or_path", "transformers_version")}
+        return {"config": config, "tokenizer": self._tokenizer_digest, "max_length": self.max_length}
+
+    @cached_property
+    def _tokenizer_digest(self) -> str:
+        vocab = json.dumps([type(self.tokenizer).__name__, sorted(self.tokenizer.get_vocab().items())])
+        return hashlib.sha256(vocab.encode()).hexdigest()
+
     def _ids(self, texts: list[str], special: bool) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=special)["input_ids"] if texts else []
 
@@ -113,8 +133,8 @@ class HFCausalLM:
         responses = self._ids([" " + examples[i].response for i in paired], False)
         for i, head, tail in zip(paired, prompts, responses, strict=True):
             rows[i], heads[i] = head + tail, len(head)
-        rows = [r[: self.max_length] for r in rows]
         lengths = np.array([len(r) for r in rows])
+        self._check_lengths(examples, lengths)
         positions = np.arange(lengths.max())
         mask = positions[None] < lengths[:, None]
         ids = np.full(mask.shape, self.pad_id, dtype=np.int64)
@@ -122,6 +142,15 @@ class HFCausalLM:
         loss_w = (mask & (positions[None] >= np.array(heads)[:, None])).astype(np.float32)
         return Batch(inputs={"input_ids": torch.from_numpy(ids), "loss_weights": torch.from_numpy(loss_w)},
                      mask=torch.from_numpy(mask))
+
+    def _check_lengths(self, examples: Sequence[Example], lengths: np.ndarray) -> None:
+        """Refuse examples longer than the model reads: cut, their loss (or all of it) would silently vanish."""
+        long = np.flatnonzero(lengths > self.max_length)
+        if long.size:
+            first = examples[long[0]]
+            raise MvalError(f"example {first.example_id!r}: {lengths[long[0]]} tokens, more than the {self.max_length} "
+                            f"the model reads (max_position_embeddings){f' ({long.size} such in this batch)' if long.size > 1 else ''}; "
+                            "shorten or remove it")
 
     def hidden_states(self, batch: Batch, layer: int) -> torch.Tensor:
         """Hugging Face's hidden_states[layer]: the output of block `layer` (0: the embeddings; the last

@@ -44,8 +44,9 @@ class ScoreSummary:
         return asdict(self)
 
 
-def run_settings(model: ConceptModel, method: str, request: ScoreRequest) -> dict:
-    """What determines the scores of a method; its hash is the run's fingerprint."""
+def run_settings(model: ConceptModel, method: str, request: ScoreRequest, examples: Sequence[Example]) -> dict:
+    """What determines the scores of a method; its hash is the run's fingerprint. Influence scores also
+    depend on the whole dataset (the Hessian is fit on it): adding examples changes every score."""
     c = request.concept
     settings = {"method": method, "model": fingerprint(model), "layer": c.layer, "position": c.position,
                 "direction": hashlib.sha256(c.vector.tobytes()).hexdigest(), "seed": request.seed}
@@ -55,6 +56,7 @@ def run_settings(model: ConceptModel, method: str, request: ScoreRequest) -> dic
         settings["proj_dim"] = request.proj_dim
     if method in ("influence", "test-influence"):
         settings["damping"] = request.damping
+        settings["training_set"] = examples_hash(examples)
     return settings
 
 
@@ -77,7 +79,7 @@ def _check_run(con: duckdb.DuckDBPyConnection, dataset: str, method: str, concep
         changed = sorted(k for k in settings.keys() | old.keys() if settings.get(k) != old.get(k))
         raise MvalError(
             f"dataset {dataset!r} already has {method} scores for concept {concept!r} made with a different "
-            f"{', '.join(changed)}; use another --concept-name, or --replace to rescore"
+            f"{', '.join(k.replace('_', ' ') for k in changed)}; use another --concept-name, or --replace to rescore"
         )
     return [] if rows else [record]
 
@@ -124,7 +126,7 @@ def score_dataset(con: duckdb.DuckDBPyConnection, dataset: str, method: str, con
     examples = load_examples(con, dataset)
     total = len(examples)
     request.concept.check_fits(model)
-    first = _check_run(con, dataset, method, concept, run_settings(model, method, request), replace)
+    first = _check_run(con, dataset, method, concept, run_settings(model, method, request, examples), replace)
     todo = examples if replace else _unscored(con, dataset, method, concept)
     fit = getattr(scorer, "fit", None)
     if todo and fit is not None:  # e.g. influence's Hessian: always from the whole dataset, even on resume

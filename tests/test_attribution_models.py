@@ -36,6 +36,33 @@ def test_weights_only_bin_loads_like_safetensors(model_dir, tmp_path):
     assert fingerprint(load_hf_model(folder)) == fingerprint(reference)
 
 
+def test_fingerprint_sees_the_config_and_tokenizer_not_the_folder(model_dir, tmp_path):
+    """Same weights, other norm epsilon or vocabulary: other outputs, so another fingerprint (cached
+    gradients and score runs must not be reused); the same files in another folder: the same one."""
+    reference = fingerprint(load_hf_model(model_dir))
+    moved = tmp_path / "moved"
+    shutil.copytree(model_dir, moved)
+    assert fingerprint(load_hf_model(moved)) == reference
+    config = json.loads((moved / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps(config | {"rms_norm_eps": 1e-3}))
+    assert fingerprint(load_hf_model(moved)) != reference
+    (moved / "config.json").write_text(json.dumps(config))
+    tokenizer = json.loads((moved / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    vocab["the"], vocab["a"] = vocab["a"], vocab["the"]  # "the" now reads as "a" did
+    (moved / "tokenizer.json").write_text(json.dumps(tokenizer))
+    assert fingerprint(load_hf_model(moved)) != reference
+
+
+def test_examples_longer_than_the_model_reads_are_refused(model_dir):
+    """Cut at max_position_embeddings, an example would lose its response's loss (scoring 0) silently."""
+    model = load_hf_model(model_dir)
+    long = Example("long-one", prompt="tell me " * model.max_length, response="fine")
+    with pytest.raises(MvalError, match=r"example 'long-one': \d+ tokens, more than the 64 the model reads"):
+        model.encode([*qa(2, 0), long])
+    assert model.encode(qa(2, 0)).size == 2
+
+
 class Payload:
     """Any pickled object that is not plain tensors: weights_only loading must refuse it."""
 

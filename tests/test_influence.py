@@ -256,6 +256,26 @@ def test_resumed_run_uses_the_whole_datasets_factors_and_reuses_them(model, stor
         assert np.allclose([s for _, s in stored(con, "c")], [s for _, s in stored(con, "clean")], rtol=1e-9)
 
 
+def test_adding_examples_refuses_to_resume_influence_on_the_old_hessian(model, store, tmp_path):
+    """Influence depends on every example (the Hessian): scores made before `examples add` cannot be
+    mixed with scores made after it; gradient scores can (each depends on its own example only)."""
+    train = qa(10, 5)
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(e.to_json()) + "\n" for e in train[:6]))
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(e.to_json()) + "\n" for e in train))
+    request = ScoreRequest(CONCEPT, tuple(qa(4, 6)), batch_size=5)
+    with open_store(store) as con:
+        add_examples(con, "sft", tmp_path / "a.jsonl")
+        for method in ("influence", "gradient"):
+            score_dataset(con, "sft", method, "c", model, make_scorer(method, request), request)
+        add_examples(con, "sft", tmp_path / "b.jsonl")
+        with pytest.raises(MvalError, match="made with a different training set; .* --replace"):
+            score_dataset(con, "sft", "influence", "c", model, make_scorer("influence", request), request)
+        assert score_dataset(con, "sft", "gradient", "c", model, make_scorer("gradient", request), request).scored == 4
+        replaced = score_dataset(con, "sft", "influence", "c", model, make_scorer("influence", request), request,
+                                 replace=True)
+        assert (replaced.scored, len(stored(con, "c"))) == (10, 10)
+
+
 @pytest.fixture
 def cli():
     group = MvalGroup(commands={"examples": examples, "score": score})
