@@ -69,7 +69,7 @@ def probe() -> None:
 @click.option("--position", type=click.Choice(["mean", "last"]), default="mean", show_default=True,
               help="Read activations averaged over tokens, or at the last token.")
 @click.option("--held-out", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True,
-              help="Share of each label held out to measure accuracy.")
+              help="Share of each label's distinct texts held out (with all their copies) to measure accuracy.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), callback=output_file_option,
               help="Where to write the probe (.safetensors).")

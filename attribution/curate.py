@@ -1,8 +1,9 @@
 """A dataset minus its flagged examples: the top K by score, or those scoring above S.
 
-The kept examples are written as JSON lines in the input format (`id` + `prompt`/`response`, or
-`id` + `text`), in their original order; to an output ending in `.txt`, the examples of a Sokoban
-level dataset (`mval sokoban dataset`) are written as a Boxoban level file instead, to train on again.
+The kept examples are written as JSON lines, in their original order, each as its input record
+(extra fields, the id's JSON type and key order kept; see `attribution.examples`); to an output ending
+in `.txt`, the examples of a Sokoban level dataset (`mval sokoban dataset`) are written as a Boxoban
+level file instead, to train on again.
 """
 
 from __future__ import annotations

@@ -1,8 +1,12 @@
 """Training examples: JSON lines files (`id` + `prompt`/`response`, or `text`) and the store's `examples` table.
 
 `add_examples` is one transaction: a bad line, a missing field or an id used twice in the file
-leaves the store unchanged. Re-adding an example with the same id and content adds nothing;
-the same id with different content is refused (or `replace=True` replaces the whole dataset).
+leaves the store unchanged. Each example keeps its whole input record (`examples.record`: extra fields,
+the id's JSON type, key order), which `mval curate` writes back. Re-adding an example with the same id
+and record adds nothing (key order and spacing aside); the same id with different content, or with the
+same content but other values in its other fields, is refused (or `replace=True` replaces the whole
+dataset). In a store made before records were kept (schema version 2), the examples have none:
+curate rebuilds their records from the fields, and adding the same file again fills them in.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -29,6 +33,7 @@ class Example:
     prompt: str | None = None
     response: str | None = None
     text: str | None = None
+    record: str | None = field(default=None, compare=False, repr=False)  # the input line's JSON object, as read
 
     @property
     def content_hash(self) -> str:
@@ -36,7 +41,9 @@ class Example:
         return hashlib.sha256(json.dumps([self.prompt, self.response, self.text]).encode()).hexdigest()
 
     def to_json(self) -> dict:
-        """The JSON lines record in the input format."""
+        """The JSON lines record in the input format: the input record itself when known."""
+        if self.record is not None:
+            return json.loads(self.record)
         if self.text is not None:
             return {"id": self.example_id, "text": self.text}
         return {"id": self.example_id, "prompt": self.prompt, "response": self.response}
@@ -80,7 +87,8 @@ def _parse(record: object, where: str, with_id: bool) -> Example:
     if not (text or "").strip() and not (response or "").strip():
         raise MvalError(f"{where}: field {'text' if text is not None else 'response'!r} is empty; the training "
                         "loss needs some text (drop the record or fill it)")
-    return Example(str(example_id) if example_id is not None else where, prompt, response, text)
+    return Example(str(example_id) if example_id is not None else where, prompt, response, text,
+                   json.dumps(record, ensure_ascii=False))
 
 
 def read_jsonl(path: str | Path, with_id: bool = True, label: bool = False) -> tuple[list[Example], list[int]]:
@@ -133,9 +141,35 @@ def _frame(examples: Sequence[Example]) -> pl.DataFrame:
             "prompt": [e.prompt for e in examples],
             "response": [e.response for e in examples],
             "text": [e.text for e in examples],
+            "record": [e.record for e in examples],
         },
-        schema={"example_id": pl.String, "prompt": pl.String, "response": pl.String, "text": pl.String},
+        schema={key: pl.String for key in ("example_id", "prompt", "response", "text", "record")},
     )
+
+
+def _canonical(record: dict) -> dict[str, str]:
+    """Each top-level field's value as sorted-key JSON: equal when the values are (1 and 1.0 differ)."""
+    return {key: json.dumps(value, sort_keys=True) for key, value in record.items()}
+
+
+def _check_clashes(con: duckdb.DuckDBPyConnection, dataset: str, path: str | Path) -> None:
+    """Refuse staged ids already in `dataset` with other content, or other values in their other fields."""
+    rows = con.execute(
+        "SELECT s.example_id, e.prompt IS DISTINCT FROM s.prompt OR e.response IS DISTINCT FROM s.response "
+        "  OR e.text IS DISTINCT FROM s.text AS content, e.record, s.record "
+        "FROM staged_examples s JOIN examples e ON e.dataset = ? AND e.example_id = s.example_id "
+        "WHERE content OR e.record <> s.record ORDER BY s.offset",
+        [dataset],
+    ).fetchall()
+    for example_id, content, old, new in rows:
+        if content:
+            raise MvalError(f"{path}: id {example_id!r} is already in dataset {dataset!r} with different content; "
+                            "use new ids, or --replace to replace the whole dataset")
+        was, now = _canonical(json.loads(old)), _canonical(json.loads(new))
+        if changed := sorted(key for key in was.keys() | now.keys() if was.get(key) != now.get(key)):
+            raise MvalError(f"{path}: id {example_id!r} is already in dataset {dataset!r} with the same content but "
+                            f"different {', '.join(map(repr, changed))}; add it as it was first added, "
+                            "or --replace to replace the whole dataset")
 
 
 def add_examples(con: duckdb.DuckDBPyConnection, dataset: str, path: str | Path, replace: bool = False) -> AddResult:
@@ -149,20 +183,12 @@ def add_examples(con: duckdb.DuckDBPyConnection, dataset: str, path: str | Path,
                 con.execute("DELETE FROM scores WHERE dataset = ?", [dataset]).fetchall()
                 con.execute("DELETE FROM score_runs WHERE dataset = ?", [dataset]).fetchall()
                 con.execute("DELETE FROM examples WHERE dataset = ?", [dataset]).fetchall()
-            clash = con.execute(
-                "SELECT s.example_id FROM staged_examples s JOIN examples e ON e.dataset = ? AND e.example_id = s.example_id "
-                "WHERE e.prompt IS DISTINCT FROM s.prompt OR e.response IS DISTINCT FROM s.response "
-                "OR e.text IS DISTINCT FROM s.text ORDER BY s.offset LIMIT 1",
-                [dataset],
-            ).fetchall()
-            if clash:
-                raise MvalError(
-                    f"{path}: id {clash[0][0]!r} is already in dataset {dataset!r} with different content; "
-                    "use new ids, or --replace to replace the whole dataset"
-                )
+            _check_clashes(con, dataset, path)
+            con.execute("UPDATE examples e SET record = s.record FROM staged_examples s "
+                        "WHERE e.dataset = ? AND e.example_id = s.example_id AND e.record IS NULL", [dataset])
             added = con.execute(
-                "INSERT INTO examples (dataset, example_id, prompt, response, text, source, position) "
-                "SELECT ?, s.example_id, s.prompt, s.response, s.text, ?, "
+                "INSERT INTO examples (dataset, example_id, prompt, response, text, record, source, position) "
+                "SELECT ?, s.example_id, s.prompt, s.response, s.text, s.record, ?, "
                 "  coalesce((SELECT max(position) + 1 FROM examples WHERE dataset = ?), 0) "
                 "  + row_number() OVER (ORDER BY s.offset) - 1 "
                 "FROM staged_examples s ANTI JOIN examples e ON e.dataset = ? AND e.example_id = s.example_id",
@@ -175,9 +201,10 @@ def add_examples(con: duckdb.DuckDBPyConnection, dataset: str, path: str | Path,
 
 
 def load_examples(con: duckdb.DuckDBPyConnection, dataset: str) -> list[Example]:
-    """All examples of `dataset` in insertion order (refuses an unknown dataset)."""
+    """All examples of `dataset` in insertion order, with their input records (refuses an unknown dataset)."""
     rows = con.execute(
-        "SELECT example_id, prompt, response, text FROM examples WHERE dataset = ? ORDER BY position", [dataset]
+        "SELECT example_id, prompt, response, text, record FROM examples WHERE dataset = ? ORDER BY position",
+        [dataset]
     ).fetchall()
     if not rows:
         known = [r[0] for r in con.execute("SELECT DISTINCT dataset FROM examples ORDER BY 1").fetchall()]

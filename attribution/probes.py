@@ -84,14 +84,30 @@ class ProbeReport:
         return dict(self.__dict__)
 
 
-def _split(labels: np.ndarray, held_out: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified split: a `held_out` share of each class is held out."""
+def _text_groups(examples: Sequence[Example], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's distinct text (a group number, in order of content hash) and each group's label:
+    0 or 1, or -1 when its copies are labelled both ways."""
+    _, group = np.unique([e.content_hash for e in examples], return_inverse=True)
+    ones, copies = np.bincount(group, weights=labels), np.bincount(group)
+    return group, np.where(ones == 0, 0, np.where(ones == copies, 1, -1))
+
+
+def held_out_split(examples: Sequence[Example], labels: Sequence[int], held_out: float,
+                   seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, held out), split by distinct text: a `held_out` share (at least one) of each
+    label's distinct texts is held out with all its copies, so held-out accuracy is on unseen texts.
+    A text labelled both 0 and 1 stays in training (both labels), as it has no right answer to score."""
+    group, group_label = _text_groups(examples, np.asarray(labels))
+    counts = [int((group_label == cls).sum()) for cls in (0, 1)]
+    if min(counts) < 4:
+        raise MvalError(f"labelled data has {counts[0]} distinct texts of label 0 and {counts[1]} of label 1 "
+                        "(copies count once); give at least 4 of each (more for a reliable held-out accuracy)")
     rng = np.random.default_rng(seed)
-    test = np.zeros(labels.shape[0], dtype=bool)
+    test = np.zeros(group_label.size, dtype=bool)
     for cls in (0, 1):
-        idx = rng.permutation(np.flatnonzero(labels == cls))
+        idx = rng.permutation(np.flatnonzero(group_label == cls))
         test[idx[: max(1, round(held_out * idx.size))]] = True
-    return np.flatnonzero(~test), np.flatnonzero(test)
+    return np.flatnonzero(~test[group]), np.flatnonzero(test[group])
 
 
 def train_probe(model: ConceptModel, examples: Sequence[Example], labels: Sequence[int], layer: int,
@@ -99,12 +115,8 @@ def train_probe(model: ConceptModel, examples: Sequence[Example], labels: Sequen
                 c: float = 1.0) -> tuple[ProbeDirection, ProbeReport]:
     """Logistic regression of the label on standardised pool(h_layer(z)); v = w / sd maps back to raw activations."""
     y = np.asarray(labels)
-    counts = np.bincount(y, minlength=2)
-    if counts.min() < 4:
-        raise MvalError(f"labelled data has {counts[0]} examples of label 0 and {counts[1]} of label 1; "
-                        "give at least 4 of each (more for a reliable held-out accuracy)")
+    train, test = held_out_split(examples, y, held_out, seed)
     x = activations(model, examples, layer, position).double().numpy()
-    train, test = _split(y, held_out, seed)
     mu, sd = x[train].mean(0), x[train].std(0) + 1e-8
     fit = LogisticRegression(C=c, max_iter=2000).fit((x[train] - mu) / sd, y[train])
     w = fit.coef_[0] / sd

@@ -2,8 +2,11 @@
 
 A store is one DuckDB file made by `init_store`. Its schema lives in `sql/schema.sql`;
 `mval_meta.schema_version` says which version built it so that later versions can migrate.
-Version 2 added `event_cells` (identical events counted once, per ingest): a version-1 store gets
-it when opened for writing (one transaction), and a temporary view of it when opened read-only.
+Each version's additions reach an older store when it is opened for writing (one transaction), and
+as temporary views when it is opened read-only (the file is left as it was):
+- 2: `event_cells` (identical events counted once, per ingest), counted from the store's events;
+- 3: `examples.record` (each example's input JSON record, which `mval curate` writes back), NULL for
+  examples added before it (curate then rebuilds their records from the fields).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import duckdb
 
 from mval.errors import MvalError, StoreBusyError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _LOCK_PID = re.compile(r"PID (\d+)")
 
 
@@ -92,22 +95,33 @@ def check_counted(events: int, counted: int) -> None:
 
 
 def _upgrade(con: duckdb.DuckDBPyConnection, path: Path, version: int, read_only: bool) -> None:
-    """Bring a version-1 store to version 2: `event_cells` from its events (a temp view when read-only)."""
-    if version >= 2:
+    """Bring an older store to SCHEMA_VERSION (temporary views when read-only; see the module docstring)."""
+    if version >= SCHEMA_VERSION:
         return
     try:
         if read_only:
-            con.execute(load_sql("event_cells"))
-            con.execute("CREATE TEMP VIEW event_cells AS SELECT * FROM events_counted")
+            if version < 2:
+                con.execute(load_sql("event_cells"))
+                con.execute("CREATE TEMP VIEW event_cells AS SELECT * FROM events_counted")
+            if version < 3 and not _has_column(con, "examples", "record"):
+                catalog = con.execute("SELECT current_database()").fetchall()[0][0].replace('"', '""')
+                con.execute(f'CREATE TEMP VIEW examples AS SELECT *, NULL::TEXT AS record FROM "{catalog}".main.examples')
             return
         with transaction(con):
-            con.execute(load_sql("event_cells_table"))
-            add_event_cells(con, None)
+            if version < 2:
+                con.execute(load_sql("event_cells_table"))
+                add_event_cells(con, None)
+            con.execute("ALTER TABLE examples ADD COLUMN IF NOT EXISTS record TEXT")
             con.execute("UPDATE mval_meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
     except duckdb.Error as e:
         raise MvalError(f"{path}: cannot upgrade the store from schema version {version} to {SCHEMA_VERSION} "
-                        f"({str(e).splitlines()[0]}); store unchanged. A table named event_cells, if you made "
-                        "one, must be renamed first") from e
+                        f"({str(e).splitlines()[0]}); store unchanged. A table of your own named like one of "
+                        "mval's (event_cells), if you made one, must be renamed first") from e
+
+
+def _has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    return con.execute("SELECT count(*) FROM duckdb_columns() WHERE schema_name = 'main' AND table_name = ? "
+                       "AND column_name = ?", [table, column]).fetchall()[0][0] > 0
 
 
 def _check_is_store(con: duckdb.DuckDBPyConnection, path: Path) -> int:

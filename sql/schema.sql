@@ -51,6 +51,7 @@ CREATE TABLE examples (
     text       TEXT,
     source     TEXT,
     position   BIGINT NOT NULL,
+    record     TEXT,   -- the input line's JSON object (extra fields, id type, key order): what curate writes
     PRIMARY KEY (dataset, example_id)
 );
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from attribution.examples import add_examples, load_examples, read_jsonl
@@ -102,3 +103,73 @@ def test_a_file_not_in_utf8_is_refused_with_its_line_and_exit_2(store, tmp_path)
     assert f"{latin} line 2: not UTF-8 text (byte 25)" in result.output
     with open_store(store, read_only=True) as con:
         assert con.execute("SELECT count(*) FROM examples").fetchall() == [(0,)]
+
+
+RICH = [{"id": 7, "text": "the cat is red .", "source": "web", "meta": {"lang": "en", "n": [1, 2.5]}},
+        {"meta": {"lang": "fr"}, "id": "b", "prompt": "question : hi ?", "response": "r\u00e9ponse : salut .",
+         "source": None},
+        {"id": 9, "text": "the dog is blue .", "weight": 1.0, "ok": True},
+        {"id": "d", "text": "you are rude ."}]
+SCORES = {"7": 0.1, "b": 0.3, "9": 0.2, "d": 0.9}
+
+
+def add_scores(store: Path) -> None:
+    """Probe scores for RICH, written as `mval score` writes them."""
+    with open_store(store) as con:
+        con.executemany("INSERT INTO scores (dataset, example_id, method, concept, score) "
+                        "VALUES ('sft', ?, 'probe', 'h', ?)", list(SCORES.items()))
+
+
+def curated(store: Path, out: Path, k: int) -> list[str]:
+    from conftest import run_cli
+
+    run_cli("curate", store, "--dataset", "sft", "--method", "probe", "--drop-top", k, "-o", out)
+    return out.read_text(encoding="utf-8").splitlines()
+
+
+def test_curate_writes_the_kept_records_unchanged_in_order(store, tmp_path):
+    """Extra fields, integer ids, key order and value types come back as they went in."""
+    from conftest import run_cli
+
+    run_cli("examples", "add", store, "sft", write_lines(tmp_path / "train.jsonl", RICH))
+    add_scores(store)
+    assert [json.dumps(json.loads(line)) for line in curated(store, tmp_path / "c1.jsonl", 1)] == \
+        [json.dumps(r) for r in RICH[:3]]
+    assert curated(store, tmp_path / "c2.jsonl", 2) == [json.dumps(RICH[i], ensure_ascii=False) for i in (0, 2)]
+
+
+def test_re_adding_an_id_with_other_fields_is_refused_and_key_order_is_not_a_change(store, tmp_path):
+    """Identity is the id and prompt/response/text; the other fields must match too, as JSON values."""
+    with open_store(store) as con:
+        add_examples(con, "sft", write_lines(tmp_path / "a.jsonl", RICH))
+        reordered = [json.dumps(dict(reversed(r.items())), separators=(",", ":")) for r in RICH]
+        assert add_examples(con, "sft", write_lines(tmp_path / "b.jsonl", reordered)).unchanged == 4
+        for changed, field in [(RICH[0] | {"source": "book"}, "'source'"), (RICH[0] | {"id": "7"}, "'id'"),
+                               (RICH[2] | {"weight": 1}, "'weight'"), (RICH[1] | {"meta": {}}, "'meta'"),
+                               ({k: v for k, v in RICH[1].items() if k != "source"}, "'source'")]:
+            with pytest.raises(MvalError, match=rf"id '\w' is already in dataset 'sft' with the same content but "
+                                                rf"different {field}"):
+                add_examples(con, "sft", write_lines(tmp_path / "c.jsonl", [{"id": "new", "text": "x"}, changed]))
+        assert con.execute("SELECT count(*) FROM examples").fetchall() == [(4,)]
+
+
+def test_a_store_made_before_records_were_kept_still_curates_and_gets_them_on_re_add(store, tmp_path):
+    """A schema-version-2 store has no records: read-only, curate rebuilds them from the fields (the file
+    left as it was); opened for writing, the store gets the column, and adding the file again fills it."""
+    path = write_lines(tmp_path / "train.jsonl", RICH)
+    with duckdb.connect(str(store)) as con:
+        con.execute("ALTER TABLE examples DROP COLUMN record")
+        con.execute("UPDATE mval_meta SET value = '2' WHERE key = 'schema_version'")
+        con.executemany("INSERT INTO examples (dataset, example_id, prompt, response, text, source, position) "
+                        "VALUES ('sft', ?, ?, ?, ?, ?, ?)",
+                        [[str(r["id"]), r.get("prompt"), r.get("response"), r.get("text"), str(path), i]
+                         for i, r in enumerate(RICH)])
+        con.executemany("INSERT INTO scores (dataset, example_id, method, concept, score) "
+                        "VALUES ('sft', ?, 'probe', 'h', ?)", list(SCORES.items()))
+    rebuilt = [{"id": str(r["id"]), **{k: r[k] for k in ("prompt", "response", "text") if k in r}} for r in RICH[:3]]
+    assert [json.loads(line) for line in curated(store, tmp_path / "old.jsonl", 1)] == rebuilt
+    with duckdb.connect(str(store), read_only=True) as con:
+        assert con.execute("SELECT value FROM mval_meta WHERE key = 'schema_version'").fetchall() == [("2",)]
+    with open_store(store) as con:
+        assert add_examples(con, "sft", path).unchanged == 4
+    assert curated(store, tmp_path / "new.jsonl", 1) == [json.dumps(r, ensure_ascii=False) for r in RICH[:3]]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from safetensors.numpy import save_file
 
-from attribution.examples import Example
+from attribution.examples import Example, read_jsonl
 from attribution.models import load_hf_model
-from attribution.probes import ProbeDirection, direction_from_file, load_probe, probe_logits, train_probe
+from attribution.probes import (ProbeDirection, direction_from_file, held_out_split, load_probe, probe_logits,
+                                train_probe)
 from attribution.testbed import COLORS, FRIENDLY, HOSTILE, NOUNS, tiny_model
 from mval.errors import MvalError
 
@@ -53,6 +56,42 @@ def test_trained_probe_separates_a_known_linear_concept(model):
     xf = activations(model, fresh, 1, "mean").double().numpy()
     truth = xf @ u > np.median(x @ u)
     assert ((probe_logits(model, concept, fresh) > 0) == truth).mean() >= 0.9
+
+
+def labelled_with_copies(n: int, seed: int = 0) -> tuple[list[str], list[int]]:
+    """n distinct sentences with random labels (half 1), each 1 to 4 times, rows shuffled."""
+    rng = np.random.default_rng(seed)
+    texts = [" ".join(rng.choice(NOUNS + COLORS + FRIENDLY + HOSTILE, size=6)) for _ in range(n)]
+    rows = rng.permutation(np.repeat(np.arange(n), rng.integers(1, 5, size=n)))
+    return [texts[i] for i in rows], [int(i % 2) for i in rows]
+
+
+def test_held_out_split_keeps_every_copy_of_a_text_on_one_side(tmp_path):
+    """A labelled file full of duplicates (and one text labelled both ways): no held-out text is trained on."""
+    texts, labels = labelled_with_copies(40)
+    records = [{"text": t, "label": y} for t, y in zip(texts, labels)]
+    records += [{"text": "the cat is rude .", "label": 1}, {"text": "the cat is rude .", "label": 0}]
+    path = tmp_path / "labelled.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    examples, labels = read_jsonl(path, with_id=False, label=True)
+    train, test = held_out_split(examples, labels, held_out=0.2, seed=3)
+    text = np.array([e.text for e in examples])
+    assert sorted([*train, *test]) == list(range(len(examples)))
+    assert not set(text[test]) & set(text[train])
+    assert "the cat is rude ." in set(text[train])
+    held = {t: y for t, y in zip(text[test], np.asarray(labels)[test])}
+    assert sorted(held.values()) == [0] * 4 + [1] * 4  # 20% of the 20 distinct texts of each label
+    again, other = held_out_split(examples, labels, 0.2, seed=3), held_out_split(examples, labels, 0.2, seed=4)
+    assert np.array_equal(again[1], test) and not np.array_equal(other[1], test)
+
+
+def test_held_out_accuracy_is_measured_on_unseen_texts(tmp_path):
+    """Random labels on copied texts: the probe memorises its training texts, and scores near chance on
+    texts it never saw (a row split would hold out copies of training texts and report 1.0)."""
+    wide = load_hf_model(tiny_model(tmp_path / "wide", d_model=64, n_layers=2, seed=1))
+    texts, labels = labelled_with_copies(60, seed=1)
+    _, report = train_probe(wide, [Example(f"r{i}", text=t) for i, t in enumerate(texts)], labels, layer=1, c=1e4)
+    assert report.train_accuracy == 1.0 and report.held_out_accuracy < 0.8
 
 
 def test_probe_file_round_trip(tmp_path):
@@ -109,6 +148,9 @@ def test_other_refusals(model, tmp_path):
         train_probe(model, examples, [0, 1] * 10, layer=-1)
     with pytest.raises(MvalError, match=r"at least 4 of each"):
         train_probe(model, examples, [0] * 18 + [1] * 2, layer=1)
+    copies = [Example(f"c{i}", text=f"the {NOUNS[i % 3]} is {COLORS[i % 2]} .") for i in range(24)]
+    with pytest.raises(MvalError, match=r"3 distinct texts of label 0 and 3 of label 1 .*at least 4 of each"):
+        train_probe(model, copies, [i % 2 for i in range(24)], layer=1)
     save_file({"x": np.ones(3, np.float32)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(MvalError, match=r"not an mval probe file"):
         load_probe(tmp_path / "plain.safetensors")

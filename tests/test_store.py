@@ -81,6 +81,7 @@ def _version_1_store(store, tmp_path):
         ingest_file(con, tmp_path / "b.parquet", "b")
         cells = con.sql("SELECT * FROM event_cells ORDER BY ALL").pl()
         con.execute("DROP TABLE event_cells")
+        con.execute("ALTER TABLE examples DROP COLUMN record")
         con.execute("UPDATE mval_meta SET value = '1' WHERE key = 'schema_version'")
     return cells
 
@@ -109,7 +110,7 @@ def test_failed_upgrade_is_refused_and_leaves_the_store_at_version_1(store, tmp_
     _version_1_store(store, tmp_path)
     with duckdb.connect(str(store)) as con:
         con.execute("CREATE TABLE event_cells (note TEXT)")  # a user's own table in the way
-    with pytest.raises(MvalError, match=r"cannot upgrade the store from schema version 1 to 2 .*store unchanged"):
+    with pytest.raises(MvalError, match=r"cannot upgrade the store from schema version 1 to 3 .*store unchanged"):
         with open_store(store):
             pass
     with duckdb.connect(str(store), read_only=True) as con:
