@@ -201,7 +201,8 @@ def test_commands_end_to_end(cli, store, model_dir, tmp_path):
     result = cli("probe", "train", "--model", model_dir, "--layer", 1, "--data", tmp_path / "labelled.jsonl",
                  "-o", probe_file, "--format", "json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)[0]["n_held_out"] == 10 and probe_file.is_file()
+    # 20% of each label's 12 distinct texts (2), with both copies of each: 8 rows
+    assert json.loads(result.stdout)[0]["n_held_out"] == 8 and probe_file.is_file()
     result = cli("score", store, "--model", model_dir, "--dataset", "sft", "--concept", probe_file, "--method",
                  "gradient", "--queries", tmp_path / "queries.jsonl", "--proj-dim", 128, "--top", 3, "--format", "json")
     assert result.exit_code == 0, result.output
