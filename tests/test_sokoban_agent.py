@@ -1,6 +1,8 @@
 """The DRC agent: shapes, state resets, thinking, safetensors round trip; a few training updates."""
 
 import json
+import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -87,3 +89,30 @@ def test_a_few_imitation_and_actor_critic_updates_learn_tiny_levels_and_resume(t
     with pytest.raises(MvalError, match="different settings \\(lr\\)"):
         Trainer(TrainConfig(**{**longer.__dict__, "lr": 0.5}), tmp_path / "run")
     assert np.isfinite(resumed.recent_solve_rate)
+
+
+def test_a_resume_after_a_kill_leaves_only_the_episodes_its_checkpoint_covers(tmp_path):
+    write_levels(tmp_path / "tiny.txt", stack_levels([parse_levels(t)[0] for t in TINY]))
+    per_update = 4 * 4
+    cfg = TrainConfig(levels=str(tmp_path / "tiny.txt"), agent=DRCConfig(1, 1, 4, 4, 7, hidden=16), num_envs=4,
+                      rollout=4, imitation_steps=2 * per_update, max_steps=3, seed=0)
+    longer = replace(cfg, imitation_steps=5 * per_update)
+    clean, killed, unsaved = tmp_path / "clean", tmp_path / "killed", tmp_path / "unsaved"
+    Trainer(cfg, clean).run()  # stops at its checkpoint after 2 updates
+    shutil.copytree(clean, unsaved)
+    (unsaved / "state.json").unlink()  # as if killed before its first checkpoint
+    shutil.copytree(clean, killed)
+    Trainer(longer, killed).run()  # plays on past the checkpoint ...
+    for name in ("agent.safetensors", "optimizer.safetensors", "state.json"):  # ... and is killed before the next
+        shutil.copy(clean / name, killed / name)
+    with (killed / "episodes.jsonl").open("a") as f:
+        f.write('{"level_index":1,"phase":"imi')  # mid-write
+    episodes = {name: (clean / name).read_text() for name in ("episodes.csv", "episodes.jsonl")}
+    assert all(len((killed / name).read_text()) > len(before) for name, before in episodes.items())
+    Trainer(cfg, unsaved).run()
+    Trainer(longer, killed).run()
+    Trainer(longer, clean).run()
+    for name, before in episodes.items():
+        assert (unsaved / name).read_text() == before
+        after = (clean / name).read_text()
+        assert after.startswith(before) and len(after) > len(before) and (killed / name).read_text() == after

@@ -78,6 +78,44 @@ def test_train_records_episodes_and_dataset_ids_are_stable(level_file, tmp_path)
     assert all(decode(e)[1].source == "recorded" for e in recorded)
 
 
+@pytest.fixture(scope="module")
+def recorded_lines(level_file) -> list[str]:
+    """Lines of episodes.jsonl as `mval sokoban train` writes them: the expert's episode of each level."""
+    levels = read_levels(level_file)
+    episodes = [expert_episode(levels.level(i)) for i in range(len(levels))]
+    return [json.dumps({"level_index": i, "phase": "imitation", "env_step": 0, "solved": True, "actions": list(e.actions),
+                        "targets": list(e.targets), "rewards": list(e.rewards)}, separators=(",", ":"))
+            for i, e in enumerate(episodes)]
+
+
+@pytest.mark.parametrize("tail, message", [  # what follows the 6 good lines; GOOD: a good line, FAR: level_index 6
+    ('{"level_index":0,"phase":"imi', None),  # no newline: cut off mid-write by a killed run, skipped
+    ('{"level_index":0,"phase":"imi\n', "not valid JSON"),
+    ('{"level_index":0,"phase":"imi\nGOOD', "not valid JSON"),
+    ('{"level_index":0}\n', "a recorded episode needs level_index, phase, env_step, solved, actions, targets, "
+                           "rewards; missing phase"),
+    ("FAR\n", "level_index 6 is outside 0..5, the levels of the run's levels.txt"),
+], ids=["killed-mid-write", "bad-json-last", "bad-json-inside", "missing-key", "level-index"])
+def test_recorded_episodes_skip_a_cut_off_last_line_and_refuse_bad_ones(level_file, recorded_lines, tmp_path, tail,
+                                                                        message):
+    levels = read_levels(level_file)
+    run = tmp_path / "run"
+    run.mkdir()
+    write_levels(run / "levels.txt", levels)
+    lines = recorded_lines  # 6 good lines, one per level
+    far = lines[0].replace('"level_index":0,', f'"level_index":{len(levels)},')
+    (run / "episodes.jsonl").write_text("\n".join(lines) + "\n" + tail.replace("GOOD", lines[0]).replace("FAR", far))
+    result = mval("sokoban", "dataset", run, "--episodes", "recorded", "-o", tmp_path / "r.jsonl", "--format", "json",
+                  ok=message is None)
+    if message is None:
+        assert json.loads(result.output)[0]["examples"] == len(levels)
+        made = read_jsonl(tmp_path / "r.jsonl")[0]
+        assert [decode(e)[1].actions for e in made] == [tuple(json.loads(x)["actions"]) for x in lines]
+    else:
+        assert result.exit_code == 2 and f"{run / 'episodes.jsonl'}: line 7: {message}" in result.output
+        assert result.output.count("\n") == 1
+
+
 def test_concept_model_shapes_and_loss_by_hand(level_file, agent):
     levels = read_levels(level_file)
     examples = [level_example(levels.level(i), expert_episode(levels.level(i))) for i in range(3)]

@@ -1,12 +1,16 @@
 """`mval sokoban ...` as a user runs it: real level files, agents, stores and GIFs in a temporary folder."""
 
 import json
+from dataclasses import replace
 
 import duckdb
 import pytest
+import torch
 
+from attribution.sokoban.agent import DRC, DRCConfig, agent_fingerprint, load_agent, save_agent
 from attribution.sokoban.commands import sokoban
 from attribution.sokoban.levels import read_levels, solve
+from attribution.sokoban.probes import load_probe
 from conftest import run_cli
 from mval.store import init_store
 
@@ -81,3 +85,49 @@ def test_every_command_has_help_with_an_example():
     for name, command in sokoban.commands.items():
         text = run(name, "--help").output
         assert "Example:" in text and f"mval sokoban {name}" in text
+
+
+@pytest.fixture(scope="module")
+def tiny(levels, tmp_path_factory):
+    """Two untrained 1-layer, 4-channel agents (same shape, other weights), a move probe fit on agent0, and
+    that probe as mval saved it before it recorded the agent's fingerprint."""
+    folder = tmp_path_factory.mktemp("tiny")
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        save_agent(DRC(DRCConfig(layers=1, ticks=1, channels=4)), folder / f"agent{seed}.safetensors")
+    run("probe", "--levels", levels, "--agent", folder / "agent0.safetensors", "--label", "move",
+        "-o", folder / "move.safetensors")
+    replace(load_probe(folder / "move.safetensors"), fingerprint=None).save(folder / "unrecorded.safetensors")
+    return folder
+
+
+def test_a_probe_is_read_with_the_agent_it_was_fit_on(levels, tiny, tmp_path):
+    agent0 = tiny / "agent0.safetensors"
+    probe = load_probe(tiny / "move.safetensors")
+    assert probe.agent == str(agent0) and probe.fingerprint == agent_fingerprint(load_agent(agent0))
+    made = json.loads(run("concept", tiny / "move.safetensors", "--direction", "left", "--agent", agent0,
+                          "-o", tmp_path / "c.safetensors", "--format", "json").output)[0]
+    assert made["layer"] == 1 + 1 and made["d_model"] == 8  # layer D + d of the 1-layer agent, [h, c] of 4 channels
+    out = json.loads(run("play", "--levels", levels, "--agent", agent0, "--max-steps", 5, "--render",
+                         tmp_path / "p.gif", "--probe", tiny / "move.safetensors", "--format", "json").output)
+    assert out["frames"] >= 2
+
+
+@pytest.mark.parametrize("command", ["concept", "play", "edit"])
+@pytest.mark.parametrize("probe, agent, message", [
+    ("move", None, "move.safetensors: probe fit on {tiny}/agent0.safetensors (weights {fp}), not on the shipped "
+                   "agent (weights"),
+    ("move", "agent1", "probe fit on {tiny}/agent0.safetensors (weights {fp}), not on {tiny}/agent1.safetensors"),
+    ("unrecorded", None, "probe fit on {tiny}/agent0.safetensors reads 4 features on h1, but the shipped agent has "
+                         "16 on h1; pass --agent {tiny}/agent0.safetensors, or refit"),
+], ids=["shipped-agent", "same-shape-other-weights", "no-fingerprint-other-shape"])
+def test_a_probe_fit_on_another_agent_is_refused(levels, tiny, tmp_path, command, probe, agent, message):
+    path = tiny / f"{probe}.safetensors"
+    args = {"concept": (path, "--direction", "left", "-o", tmp_path / "c.safetensors"),
+            "play": ("--levels", levels, "--render", tmp_path / "p.gif", "--probe", path),
+            "edit": ("--levels", levels, "--probe", path)}[command]
+    agent_args = ("--agent", tiny / f"{agent}.safetensors") if agent else ()
+    result = run(command, *args, *agent_args, ok=False)
+    fp = agent_fingerprint(load_agent(tiny / "agent0.safetensors"))
+    assert result.exit_code == 2 and message.format(tiny=tiny, fp=fp) in result.output
+    assert result.output.count("\n") == 1 and not list(tmp_path.iterdir())

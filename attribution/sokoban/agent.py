@@ -10,6 +10,7 @@ Heads: MLP over [h_D, e] flattened -> policy logits (4) and value.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -116,6 +117,15 @@ def save_agent(agent: DRC, path: str | Path, extra: dict | None = None) -> None:
     if extra:
         meta.update({k: json.dumps(v) for k, v in extra.items()})
     save_file({k: v.contiguous() for k, v in agent.state_dict().items()}, str(path), metadata=meta)
+
+
+def agent_fingerprint(agent: DRC) -> str:
+    """16 hex digits of blake2b over the agent's config and weights: the same agent, whatever file holds it."""
+    digest = hashlib.blake2b(json.dumps(asdict(agent.config), sort_keys=True).encode(), digest_size=8)
+    for name, tensor in agent.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_agent(path: str | Path | None = None) -> DRC:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import click
 import numpy as np
 import torch
 
-from attribution.sokoban.agent import DRCConfig, load_agent
+from attribution.sokoban.agent import DRCConfig, agent_fingerprint, load_agent
 from attribution.sokoban.levels import ACTIONS, generate_levels, read_levels, write_levels
 from mval.errors import MvalError
 from mval.files import output_file_option
@@ -96,7 +97,8 @@ def train(out, levels_path, size, boxes, n_levels, min_length, layers, ticks, ch
     """Train a DRC(D, N) agent: imitation of the exact solver, then actor-critic; resumable.
 
     The run folder holds agent.safetensors (the agent), optimizer.safetensors and state.json (resume
-    point), levels.txt and episodes.csv (one row per finished training episode).
+    point), levels.txt, episodes.csv (one row per finished training episode) and episodes.jsonl (its
+    moves). A resume first drops the episodes recorded after the last checkpoint (a killed run's).
 
     \b
     Example:
@@ -135,18 +137,18 @@ def play(levels_path, agent, thinking_steps, max_steps, render, render_level, pr
       mval sokoban play --levels levels.txt --render play.gif --store logs.duckdb
     """
     from attribution.sokoban.play import PlayResult, render_gif, rollout, store_episodes
-    from attribution.sokoban.probes import load_probe
+    from attribution.sokoban.probes import SHIPPED, load_probe
 
     lv = read_levels(levels_path)
     model = load_agent(agent)
+    probe = load_probe(probe_path, model, agent or SHIPPED) if probe_path else None
     r = rollout(model, lv, thinking_steps, max_steps)
     mean_steps = float(r.steps[r.solved].mean()) if r.solved.any() else float("nan")
     result = PlayResult(float(r.solved.mean()), len(lv), mean_steps, thinking_steps, r.solved, r.steps, r.returns)
     record = result.to_dict()
     if store is not None:
-        record["run_id"] = store_episodes(store, agent or "shipped", levels_path, lv, r, thinking_steps, max_steps)
+        record["run_id"] = store_episodes(store, agent or SHIPPED, levels_path, lv, r, thinking_steps, max_steps)
     if render is not None:
-        probe = load_probe(probe_path) if probe_path else None
         record["frames"] = render_gif(model, lv, render_level, render, thinking_steps, max_steps, probe)
     if fmt == "json":
         click.echo(json.dumps({k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in record.items()}))
@@ -190,7 +192,7 @@ def probe(levels_path, agent, label, test_fraction, thinking_steps, top, output,
       mval sokoban probe --levels levels.txt --label move --concept-out move-left.safetensors
     """
     from attribution.sokoban.play import rollout
-    from attribution.sokoban.probes import evaluate_probes, probe_data, rank_channels, split_by_level
+    from attribution.sokoban.probes import SHIPPED, evaluate_probes, probe_data, rank_channels, split_by_level
 
     if not 0 < test_fraction < 1:
         raise MvalError(f"--test-fraction {test_fraction}: must be between 0 and 1")
@@ -205,7 +207,8 @@ def probe(levels_path, agent, label, test_fraction, thinking_steps, top, output,
     layer_scores = [s for s in scores if s.source not in ("obs", "all")]
     best = max(layer_scores, key=lambda s: s.macro_f1)
     if output is not None:
-        probes[best.source].save(output, {"macro_f1": best.macro_f1, "agent": agent or "shipped"})
+        fit_on = replace(probes[best.source], agent=agent or SHIPPED, fingerprint=agent_fingerprint(model))
+        fit_on.save(output, {"macro_f1": best.macro_f1})
     if concept_out is not None:
         from attribution.sokoban.concept_model import plan_concept
 
@@ -249,9 +252,10 @@ def concept(probe_path, direction, agent, squares, output, fmt) -> None:
       mval sokoban concept move.safetensors --direction left --squares player -o move-left.safetensors
     """
     from attribution.sokoban.concept_model import plan_concept
-    from attribution.sokoban.probes import load_probe
+    from attribution.sokoban.probes import SHIPPED, load_probe
 
-    made = plan_concept(load_probe(probe_path), direction, load_agent(agent).config.layers, squares)
+    model = load_agent(agent)
+    made = plan_concept(load_probe(probe_path, model, agent or SHIPPED), direction, model.config.layers, squares)
     made.save(output)
     emit([{**made.to_dict(), "path": output}], fmt)
 
@@ -270,7 +274,8 @@ def dataset(source, episodes, output, store, dataset_name, fmt) -> None:
 
     SOURCE is a run folder of `mval sokoban train` (its levels.txt and episodes.jsonl) or a level file.
     Each example holds the level (prompt, Boxoban text) and its episode (response, JSON: moves, the
-    taught actions, rewards); `mval score --model AGENT.safetensors` replays it.
+    taught actions, rewards); `mval score --model AGENT.safetensors` replays it. With --episodes recorded,
+    a last line of episodes.jsonl cut off mid-write (a killed run) is skipped; any other bad line is refused.
 
     \b
     Example:
@@ -315,9 +320,11 @@ def edit(levels_path, agent, probe_path, strength, seed, fmt) -> None:
       mval sokoban edit --levels levels.txt --probe push.safetensors --format json
     """
     from attribution.sokoban.intervene import edit_plan
-    from attribution.sokoban.probes import load_probe
+    from attribution.sokoban.probes import SHIPPED, load_probe
 
-    result = edit_plan(load_agent(agent), read_levels(levels_path), load_probe(probe_path), strength, seed=seed)
+    model = load_agent(agent)
+    probe = load_probe(probe_path, model, agent or SHIPPED)
+    result = edit_plan(model, read_levels(levels_path), probe, strength, seed=seed)
     if fmt == "json":
         click.echo(json.dumps(result.to_dict()))
     else:

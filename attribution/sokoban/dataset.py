@@ -122,18 +122,54 @@ def is_level_example(example: Example) -> bool:
     return True
 
 
-def read_recorded(run: Path) -> dict[int, dict]:
-    """The last recorded episode of each level index in a run folder's episodes.jsonl."""
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+RECORD_KEYS = ("level_index", "phase", "env_step", "solved", "actions", "targets", "rewards")
+
+
+def _recorded_episode(line: str, where: str, n_levels: int) -> tuple[int, Episode]:
+    """(level index, episode) of one line of episodes.jsonl; MvalError naming `where` otherwise."""
+    fix = "delete the line, or use --episodes expert"
+    try:
+        r = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise MvalError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); {fix}") from e
+    missing = [k for k in RECORD_KEYS if k not in r] if isinstance(r, dict) else list(RECORD_KEYS)
+    if missing:
+        raise MvalError(f"{where}: a recorded episode needs {', '.join(RECORD_KEYS)}; missing {', '.join(missing)}; {fix}")
+    index = r["level_index"]
+    if type(index) is not int or not 0 <= index < n_levels:
+        raise MvalError(f"{where}: level_index {index!r} is outside 0..{n_levels - 1}, the levels of the run's "
+                        f"levels.txt; {fix}")
+    try:
+        extra = {"phase": str(r["phase"]), "env_step": int(r["env_step"]), "solved": bool(r["solved"])}
+        return index, Episode(tuple(int(a) for a in r["actions"]), tuple(int(a) for a in r["targets"]),
+                              tuple(float(x) for x in r["rewards"]), "recorded", extra)
+    except (TypeError, ValueError) as e:  # ValueError includes Episode's own MvalError
+        raise MvalError(f"{where}: actions and targets must be lists of integers, rewards of numbers ({e}); {fix}") from e
+
+
+def read_recorded(run: Path, n_levels: int) -> dict[int, Episode]:
+    """The last recorded episode of each level index (0..n_levels-1) in a run folder's episodes.jsonl.
+
+    A last line that has no newline and is not valid JSON was cut off by a run killed mid-write: it is
+    skipped. Any other bad line is refused, naming the file and line.
+    """
     path = run / "episodes.jsonl"
     if not path.is_file():
         raise MvalError(f"{run}: no episodes.jsonl; it is written by `mval sokoban train` (use --episodes expert)")
-    last: dict[int, dict] = {}
-    with path.open() as f:
-        for line in f:
-            if line.strip():
-                record = json.loads(line)
-                last[int(record["level_index"])] = record
-    return last
+    text = path.read_text(errors="replace")
+    lines = text.splitlines()
+    if lines and not text.endswith("\n") and not _is_json(lines[-1]):
+        lines.pop()
+    return dict(_recorded_episode(line, f"{path}: line {n}", n_levels)
+                for n, line in enumerate(lines, 1) if line.strip())
 
 
 def dataset_examples(source: str | Path, episodes: str = "expert") -> tuple[list[Example], int]:
@@ -153,13 +189,8 @@ def dataset_examples(source: str | Path, episodes: str = "expert") -> tuple[list
         return _unique(made), 0
     if not source.is_dir():
         raise MvalError(f"--episodes recorded: {source} is a level file; give the run folder of `mval sokoban train`")
-    recorded = read_recorded(source)
-    made = []
-    for i in sorted(recorded):
-        r = recorded[i]
-        extra = {"phase": r["phase"], "env_step": r["env_step"], "solved": r["solved"]}
-        made.append(level_example(levels.level(i), Episode(tuple(r["actions"]), tuple(r["targets"]),
-                                                            tuple(r["rewards"]), "recorded", extra)))
+    recorded = read_recorded(source, len(levels))
+    made = [level_example(levels.level(i), recorded[i]) for i in sorted(recorded)]
     return _unique(made), len(levels) - len(made)
 
 

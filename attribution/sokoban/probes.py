@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from scipy.stats import rankdata
 
+from attribution.sokoban.agent import DRC, DRCConfig, agent_fingerprint
 from attribution.sokoban.levels import ACTIONS
 from attribution.sokoban.play import Rollout
 from mval.errors import MvalError
@@ -99,9 +100,32 @@ def probe_data(r: Rollout, kind: str = "box") -> ProbeData:
     return ProbeData(feats, labels[t_idx, l_idx, s_idx], l_idx)
 
 
+SHIPPED = "shipped"  # the agent name recorded for (and shown as) the agent shipped with mval
+
+
+def source_width(source: str, config: DRCConfig) -> int | None:
+    """Features per square of `source` in an agent of shape `config`; None when it has no such source."""
+    if source == "obs":
+        return 4
+    if source == "all":
+        return 2 * config.layers * config.channels
+    layer = source[1:]
+    if source[:1] in ("h", "c") and layer.isdigit() and 1 <= int(layer) <= config.layers:
+        return config.channels
+    return None
+
+
+def _agent_label(name: str | None) -> str:
+    return "an unrecorded agent" if name is None else "the shipped agent" if name == SHIPPED else name
+
+
 @dataclass(frozen=True)
 class PlanProbe:
-    """A 1x1 probe: logits = x @ weight.T + bias over CLASSES, x = (standardised) features of `source`."""
+    """A 1x1 probe: logits = x @ weight.T + bias over CLASSES, x = (standardised) features of `source`.
+
+    `agent` names the agent it was fit on (its --agent path, or "shipped") and `fingerprint` is that
+    agent's `agent_fingerprint`; both None in probe files that do not record them.
+    """
 
     weight: np.ndarray
     bias: np.ndarray
@@ -109,6 +133,8 @@ class PlanProbe:
     scale: np.ndarray
     source: str
     label: str
+    agent: str | None = None
+    fingerprint: str | None = None
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return ((x - self.mean) / self.scale) @ self.weight.T + self.bias
@@ -122,18 +148,44 @@ class PlanProbe:
         v = w[d] - np.delete(w, d, axis=0).mean(0)
         return v / np.linalg.norm(v)
 
+    def check_agent(self, agent: DRC, name: str, path: str | Path) -> None:
+        """Refuse, in one line naming the probe file `path`, an agent (named `name`) other than the one the
+        probe was fit on: by weight fingerprint where the file records one, else by the probed layer's width."""
+        here, there = _agent_label(name), _agent_label(self.agent)
+        agent_option = "" if name == SHIPPED else f" --agent {name}"
+        refit = f"refit the probe on {here} with `mval sokoban probe --levels LEVELS{agent_option} -o {path}`"
+        use = {None: "", name: "", SHIPPED: "omit --agent, or "}.get(self.agent, f"pass --agent {self.agent}, or ")
+        if self.fingerprint is not None and self.fingerprint != (found := agent_fingerprint(agent)):
+            now = " as it is now" if self.agent == name else ""  # e.g. training went on after the probe was fit
+            raise MvalError(f"{path}: probe fit on {there} (weights {self.fingerprint}), not on {here}{now} "
+                            f"(weights {found}); {use}{refit}")
+        width = source_width(self.source, agent.config)
+        if width != self.weight.shape[1]:
+            has = f"no {self.source}" if width is None else f"{width} on {self.source}"
+            raise MvalError(f"{path}: probe fit on {there} reads {self.weight.shape[1]} features on {self.source}, "
+                            f"but {here} has {has}; {use}{refit}")
+
     def save(self, path: str | Path, extra: dict | None = None) -> None:
         meta = {"format": "mval-sokoban-probe-1", "source": self.source, "label": self.label, "classes": json.dumps(CLASSES)}
+        recorded = {"agent": self.agent, "agent_fingerprint": self.fingerprint}
+        meta.update({k: json.dumps(v) for k, v in recorded.items() if v is not None})
         meta.update({k: json.dumps(v) for k, v in (extra or {}).items()})
         names = ("weight", "bias", "mean", "scale")
         tensors = {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k), np.float32)) for k in names}
         save_file(tensors, str(path), metadata=meta)
 
 
-def load_probe(path: str | Path) -> PlanProbe:
+def load_probe(path: str | Path, agent: DRC | None = None, agent_name: str = SHIPPED) -> PlanProbe:
+    """The probe in `path`; given the `agent` it will read (named `agent_name`), refused unless fit on it
+    (`PlanProbe.check_agent`)."""
     meta, t = read_safetensors(path, "Sokoban plan probe file", f"make one with `mval sokoban probe -o {path}`",
                                "mval-sokoban-probe-1")
-    return PlanProbe(t["weight"], t["bias"], t["mean"], t["scale"], meta["source"], meta["label"])
+    recorded = {k: json.loads(meta[k]) if k in meta else None for k in ("agent", "agent_fingerprint")}
+    probe = PlanProbe(t["weight"], t["bias"], t["mean"], t["scale"], meta["source"], meta["label"],
+                      recorded["agent"], recorded["agent_fingerprint"])
+    if agent is not None:
+        probe.check_agent(agent, agent_name, path)
+    return probe
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, source: str, label: str, l2: float = 1e-3, iters: int = 100) -> PlanProbe:

@@ -9,13 +9,18 @@ follow the expert with probability beta (decaying to 0 over the first half) and 
 otherwise (DAgger), and deadlocked boards restart at once. Actor-critic phase: PG + value + entropy.
 
 A run directory holds agent.safetensors, optimizer.safetensors, state.json (resume point),
-levels.txt (the training levels, example id = index) and episodes.csv (one row per finished episode:
-level, phase, env step, length, return, solved), the per-level record that attribution builds on.
+levels.txt (the training levels, example id = index), episodes.csv (one row per finished episode:
+level, phase, env step, length, return, solved) and episodes.jsonl (each finished episode's moves,
+taught actions and rewards: the per-level record that attribution builds on). state.json records how
+many bytes of each episodes file the checkpoint covers; a resume cuts them back to that (a fresh run
+to nothing), so a run killed after its last checkpoint leaves none of the episodes it then played.
+A resumed run restarts its boards from the level starts, seeded by the update count.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +35,8 @@ from attribution.sokoban.env import Expert, SokobanVecEnv
 from attribution.sokoban.levels import LevelSet, generate_levels, read_levels, state_distances, write_levels
 from mval.errors import MvalError
 from mval.progress import progress
+
+EPISODE_FILES = ("episodes.csv", "episodes.jsonl")
 
 
 @dataclass(frozen=True)
@@ -143,9 +150,11 @@ class Trainer:
             self.env_steps, self.updates = saved["env_steps"], saved["updates"]
             self.agent = load_agent(self.out / "agent.safetensors")
             self.agent.train()
+            self._drop_unsaved_episodes(saved.get("episode_bytes", {}))
         else:
             torch.manual_seed(config.seed)
             self.agent = DRC(config.agent)
+            self._drop_unsaved_episodes(dict.fromkeys(EPISODE_FILES, 0))
         self.levels = self._levels()
         self.agent.check_board(*self.levels.shape)
         self.opt = torch.optim.Adam(self.agent.parameters(), lr=config.lr)
@@ -167,10 +176,22 @@ class Trainer:
         write_levels(cached, levels)
         return levels
 
+    def _drop_unsaved_episodes(self, saved_bytes: dict[str, int]) -> None:
+        """Cut each episodes file back to the bytes the checkpoint covers (none: remove it)."""
+        for name, size in saved_bytes.items():
+            path = self.out / name
+            if not size:
+                path.unlink(missing_ok=True)
+            elif path.is_file() and path.stat().st_size > size:
+                os.truncate(path, size)
+
     def save(self) -> None:
         save_agent(self.agent, self.out / "agent.safetensors", {"env_steps": self.env_steps})
         save_file(_adam_state_tensors(self.opt, self.agent), str(self.out / "optimizer.safetensors"))
-        state = {"config": self.config.to_dict(), "env_steps": self.env_steps, "updates": self.updates}
+        files = {name: self.out / name for name in EPISODE_FILES}
+        sizes = {name: path.stat().st_size if path.is_file() else 0 for name, path in files.items()}
+        state = {"config": self.config.to_dict(), "env_steps": self.env_steps, "updates": self.updates,
+                 "episode_bytes": sizes}
         (self.out / "state.json").write_text(json.dumps(state, indent=1))
 
     def _record(self, episode: dict, phase: str) -> None:
@@ -202,6 +223,7 @@ class Trainer:
         total = cfg.imitation_steps + cfg.rl_steps
         per_update = cfg.num_envs * cfg.rollout
         rng = np.random.default_rng(cfg.seed + self.updates)
+        sampler = torch.Generator().manual_seed(cfg.seed + self.updates)
         env = SokobanVecEnv(self.levels, cfg.num_envs, cfg.max_steps, seed=cfg.seed + self.updates)
         obs, _ = env.reset()
         state = self.agent.initial_state(cfg.num_envs)
@@ -222,7 +244,7 @@ class Trainer:
                 state = reset_where(state, starts)
                 logits, value, state = self.agent.step(torch.from_numpy(obs), state)
                 with torch.no_grad():
-                    actions = torch.distributions.Categorical(logits=logits).sample().numpy()
+                    actions = torch.multinomial(logits.softmax(-1), 1, generator=sampler).squeeze(1).numpy()
                 if imitation:
                     mask, dist = self.expert.optimal_actions(env.level_ids, env.boards)
                     follow = (rng.random(cfg.num_envs) < beta) & mask.any(1)
