@@ -17,7 +17,7 @@ the features (cheap to fit thousands of times; the policies were built from all 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +68,16 @@ class BanditEnv:
         return self.mean_reward.shape[1]
 
     @property
+    def support(self) -> np.ndarray:
+        """(P, K) bool: the cells a policy may use (all of them here)."""
+        return np.ones(self.mean_reward.shape, dtype=bool)
+
+    def restrict(self, policy: np.ndarray) -> np.ndarray:
+        """`policy` with no mass outside `support`, renormalised per context."""
+        policy = np.where(self.support, policy, 0.0)
+        return policy / policy.sum(axis=1, keepdims=True)
+
+    @property
     def true_value(self) -> float:
         """V(pi) = sum_x p(x) sum_a pi(a|x) m(x, a)."""
         return float(self.weights @ (self.target * self.mean_reward).sum(axis=1))
@@ -97,7 +107,16 @@ class ReplayEnv(BanditEnv):
     rows_reward: np.ndarray | None = None
     logged_share: np.ndarray | None = None  # (P, K): f(a|x), share of context x's rows with action a
 
+    @property
+    def support(self) -> np.ndarray:
+        return self.logged_share > 0
+
     def draw(self, policy: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """n rows distributed as p(x) policy(a|x); `policy` must keep to the logged cells (`restrict`):
+        rejection cannot draw a cell with no rows, and would silently renormalise instead."""
+        outside = np.where(self.support, 0.0, policy).sum(axis=1).max()
+        if outside > 1e-9:
+            raise ValueError(f"policy puts {outside:.3g} of a context's mass on cells with no logged rows; restrict it first")
         accept = (policy / np.where(self.logged_share > 0, self.logged_share, 1.0))[self.rows_context, self.rows_action]
         accept = accept / accept.max()
         rate = float(accept.mean())
@@ -254,20 +273,15 @@ def replay_env(
     shrunk = (sums + 10 * action_mean) / (counts + 10)
     score = (shrunk - shrunk.mean()) / (shrunk.std() + 1e-12)
     rng = np.random.default_rng(seed)
-    present = counts > 0
-
-    def restrict(policy: np.ndarray) -> np.ndarray:
-        policy = np.where(present, policy, 0.0)
-        return policy / policy.sum(axis=1, keepdims=True)
-
     noisy = overlap * score + (1 - overlap) * rng.normal(size=score.shape)
-    return ReplayEnv(
+    env = ReplayEnv(
         name=name,
         features=np.eye(n_ctx) if n_ctx <= 64 else PCA(REWARD_FEATURES, random_state=seed).fit_transform(np.eye(n_ctx)),
         mean_reward=mean,
-        logger=restrict(_explore(_softmax_policy(noisy, 1.0), 0.05)),
-        target=restrict(_softmax_policy(score, target_temperature)),
+        logger=_explore(_softmax_policy(noisy, 1.0), 0.05),
+        target=_softmax_policy(score, target_temperature),
         context_weights=counts.sum(axis=1).astype(float),
         rows_context=context, rows_action=action, rows_reward=reward,
         logged_share=counts / counts.sum(axis=1, keepdims=True),
     )
+    return replace(env, logger=env.restrict(env.logger), target=env.restrict(env.target))

@@ -71,15 +71,17 @@ def fit_reward_model(env: BanditEnv, ctx: np.ndarray, action: np.ndarray, reward
 
 
 def design_policies(env: BanditEnv, s_hat: np.ndarray, n0: int, budget: int) -> dict[str, np.ndarray]:
-    """pi1 for every design, as (contexts, actions) matrices."""
+    """pi1 for every design, as (contexts, actions) matrices, each kept to the cells the environment can
+    draw (`env.restrict`: a replayed log has no rows for some cells; "uniform" is uniform over the rest)."""
     c = env.target**2 * s_hat
-    return {
+    designs = {
         "mval": solve_mval(c, env.logger, n0 / (n0 + budget), weights=env.weights),
         "target": env.target,
         "uniform": np.full_like(env.target, 1.0 / env.n_actions),
         "pi0": env.logger,
         "proposal": solve_mval(c, env.logger, 0.0, weights=env.weights),
     }
+    return {name: env.restrict(pi1) for name, pi1 in designs.items()}
 
 
 def run_replication(env: BanditEnv, n0: int, budgets: list[int], seed: np.random.SeedSequence) -> list[dict]:

@@ -175,3 +175,31 @@ def test_replay_refuses_non_uniform_or_non_binary_logs(store, tmp_path, kwargs, 
     _uniform_store(store, tmp_path, **kwargs)
     with open_store(store, read_only=True) as con, pytest.raises(MvalError, match=match):
         replay_from_store(con, "uniform")
+
+
+def test_replay_with_unlogged_cells_draws_every_design_exactly_and_stays_unbiased():
+    """Context 1 never logged action 2: every design is kept to the logged cells (uniform is uniform over
+    actions 0 and 1 there), draws follow it with the right context mix, and Balanced IPS stays unbiased."""
+    from mval.environments import replay_env
+    from mval.simulate import design_policies
+
+    rng = np.random.default_rng(4)
+    ctx = rng.choice(2, size=3000, p=[0.6, 0.4])
+    action = rng.integers(3, size=3000)
+    keep = ~((ctx == 1) & (action == 2))
+    ctx, action = ctx[keep], action[keep]
+    reward = (rng.random(ctx.size) < np.array([[0.2, 0.5, 0.7], [0.6, 0.1, 0.0]])[ctx, action]).astype(float)
+    env = replay_env(ctx, action, reward, np.full(ctx.size, 1 / 3))
+    designs = design_policies(env, env.mean_reward, 200, 200)
+    assert designs["uniform"][1] == pytest.approx([0.5, 0.5, 0.0])
+    for pi1 in designs.values():
+        assert (pi1[~env.support] == 0).all() and np.allclose(pi1.sum(axis=1), 1)
+    c, a, _ = env.draw(designs["uniform"], 40_000, np.random.default_rng(5))
+    assert_actions_follow(designs["uniform"], c, a)
+    np.testing.assert_allclose(np.bincount(c) / c.size, env.weights, atol=0.01)
+    with pytest.raises(ValueError, match="cells with no logged rows"):
+        env.draw(np.full((2, 3), 1 / 3), 10, np.random.default_rng(0))
+    records = run_experiment(env, 200, [200], reps=200, seed=2, workers=1)
+    for s in summarise(env, 200, records, n_boot=50):
+        if s.estimator == "balanced-ips":
+            assert abs(s.bias) < 3 * s.empirical_std / np.sqrt(s.reps), s.design
