@@ -53,6 +53,11 @@ class MvalGroup(click.Group):
         except MvalError as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(2)
+        except OSError as e:  # a file the user named could not be read or written (permissions, full disk)
+            if e.filename is None:
+                raise
+            click.echo(f"Error: {e.filename}: {e.strerror or e}; check the path, its permissions and free space", err=True)
+            ctx.exit(2)
 
 
 @click.group(cls=MvalGroup, context_settings={"help_option_names": ["-h", "--help"]})

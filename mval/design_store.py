@@ -387,8 +387,10 @@ def _rounds_needed(variance, policy: np.ndarray, target: float) -> float:
     return float(hi)
 
 
-def save_design(con: duckdb.DuckDBPyConnection, policy: pl.DataFrame, name: str, replace: bool = False) -> int:
-    """Write the designed policy into `policies` under `name` (one transaction); returns rows."""
+def save_design(con: duckdb.DuckDBPyConnection, policy: pl.DataFrame, name: str, replace: bool = False,
+                output: str | Path | None = None) -> int:
+    """Write the designed policy into `policies` under `name`, and to the file `output` if given, in one
+    transaction: if the file cannot be written, the store is left as it was. Returns rows."""
     con.register("designed_policy", policy)
     try:
         with transaction(con):
@@ -399,6 +401,8 @@ def save_design(con: duckdb.DuckDBPyConnection, policy: pl.DataFrame, name: str,
                 )
             con.execute("DELETE FROM policies WHERE policy = ?", [name])
             con.execute("INSERT INTO policies SELECT ?, context_id, action, prob FROM designed_policy", [name])
+            if output is not None:
+                write_policy_file(policy, output)
     finally:
         con.unregister("designed_policy")
     return policy.height

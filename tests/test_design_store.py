@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import polars as pl
@@ -139,6 +140,31 @@ def test_command_saves_and_writes(store, tmp_path):
         add_policy(con, "from-file", out)  # the file reads straight back in
         again = load_policy(con, "from-file", n_actions=K)
     np.testing.assert_allclose(stored.probs, again.probs)
+
+
+def test_a_policy_file_that_cannot_be_written_leaves_the_store_as_it_was(store, tmp_path):
+    """The file is written inside the transaction that saves the policy: an OS error (here a file name
+    longer than the file system takes) rolls the save back and prints one line, exit 2."""
+    from cli import main
+
+    fill(store, tmp_path)
+    out = tmp_path / ("x" * 300 + ".csv")
+    res = CliRunner().invoke(main, ["design", str(store), "--target", "A", "--budget", "500", "-o", str(out)])
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert res.output.startswith(f"Error: {out}: File name too long"), res.output
+    with open_store(store, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM policies WHERE policy = 'mval-A'").fetchall() == [(0,)]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder")
+def test_an_unwritable_folder_is_refused_before_designing(store, tmp_path):
+    from cli import main
+
+    fill(store, tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    res = CliRunner().invoke(main, ["design", str(store), "--target", "A", "--budget", "500", "-o", str(locked / "p.csv")])
+    assert res.exit_code == 2 and "is not writable" in res.output, res.output
 
 
 @pytest.mark.parametrize(

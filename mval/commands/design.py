@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mval.design_store import (ESTIMATORS, OBJECTIVES, POLICY_FILE_TYPES, SOLVERS, design_logging_policy, save_design,
-                                write_policy_file)
+from mval.design_store import (ESTIMATORS, OBJECTIVES, POLICY_FILE_TYPES, SOLVERS, design_logging_policy, save_design)
 from mval.files import check_output_path
 from mval.output import emit, format_option
 from mval.store import open_store
@@ -58,9 +57,7 @@ def design(store: str, target: str, budget: int, objective: str, estimator: str,
             second_moment_table=second_moment,
         )
         name = save_as or "mval-" + ("-vs-".join(targets) if objective == "difference" else "+".join(targets))
-        save_design(con, result.policy, name, replace=replace)
-    if output:
-        write_policy_file(result.policy, output)
+        save_design(con, result.policy, name, replace=replace, output=output)
     if fmt == "json":
         emit([{**result.to_dict(), "saved_as": name, "output": output}], "json")
         return
