@@ -81,7 +81,8 @@ def add_policy(con: duckdb.DuckDBPyConnection, name: str, path: str | Path, repl
     problems = con.execute(load_sql("policy_validate")).fetchall()
     if problems:
         problem, context_id, found = problems[0]
-        raise MvalError(f"{path}: context_id {context_id!r}: {problem}, found {found}; fix the file and retry")
+        where = "" if context_id is None else f"context_id {context_id!r}: "
+        raise MvalError(f"{path}: {where}{problem}, found {found}; fix the file and retry")
     with transaction(con):
         exists = con.execute("SELECT count(*) FROM policies WHERE policy = ?", [name]).fetchall()[0][0]
         if exists and not replace:

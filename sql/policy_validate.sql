@@ -13,5 +13,13 @@ WITH checks AS (
     UNION ALL
     SELECT 'each (context_id, action) must appear once', context_id, CAST(action AS TEXT)
     FROM staged_policy GROUP BY context_id, action HAVING count(*) > 1
+    UNION ALL
+    SELECT 'rows with an empty context_id (the same distribution in every context) cannot be mixed with '
+        || 'rows that name contexts', NULL, count(*) FILTER (WHERE context_id IS NULL) || ' rows without one'
+    FROM staged_policy
+    HAVING count(*) FILTER (WHERE context_id IS NULL) > 0 AND count(*) FILTER (WHERE context_id IS NOT NULL) > 0
+    UNION ALL
+    SELECT 'a policy needs at least one (context_id, action, prob) row', NULL, 'no rows'
+    FROM staged_policy HAVING count(*) = 0
 )
 SELECT * FROM checks LIMIT 5;
