@@ -49,6 +49,16 @@ def table_sql(path: str | Path, columns: list[str] | None = None) -> str:
     return f"read_json(?, columns = {{{text}}})"
 
 
+def key_text_sql(column: str, dtype: str) -> str:
+    """SQL for a key column (`column`, a quoted identifier, of DuckDB type `dtype`) as text: a float or
+    decimal with a whole value prints as an integer ("1", not "1.0" or "1.00"), so that context ids match
+    across files (a pandas integer column with a missing value is written as floats)."""
+    if dtype not in ("FLOAT", "DOUBLE") and not dtype.startswith("DECIMAL"):
+        return f"CAST({column} AS TEXT)"
+    return (f"CASE WHEN {column} = trunc({column}) AND abs({column}) < 9.2e18 "
+            f"THEN CAST(CAST({column} AS BIGINT) AS TEXT) ELSE CAST({column} AS TEXT) END")
+
+
 def relation_for_file(con: duckdb.DuckDBPyConnection, path: str | Path, as_text: bool = False) -> duckdb.DuckDBPyRelation:
     """A lazy relation over the file (nothing is read into Python); `as_text`: CSV and JSON columns as text."""
     path = Path(path)

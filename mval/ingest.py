@@ -21,7 +21,7 @@ from pathlib import Path
 import duckdb
 
 from mval.errors import MvalError
-from mval.files import file_reader, relation_for_file, table_sql
+from mval.files import file_reader, key_text_sql, relation_for_file, table_sql
 from mval.store import add_event_cells, load_sql, transaction
 
 FORMATS = ("generic", "obd")
@@ -121,7 +121,6 @@ def _generic_columns(
             f"{path}: missing column {missing[0]}; rename it with --map {missing[0].split()[0]}=FILE_COLUMN"
         )
     exprs = {
-        "context_id": "CAST({} AS TEXT)",
         "action": "TRY_CAST({} AS DOUBLE)",
         "propensity": "TRY_CAST({} AS DOUBLE)",
         "reward": "TRY_CAST({} AS DOUBLE)",
@@ -131,6 +130,8 @@ def _generic_columns(
     }
     out = {col: expr.format(_ident(source[col])) for col, expr in exprs.items() if source[col] in columns}
     out |= _raw_columns({col: source[col] for col in PARSED if source[col] in columns}, types)
+    if source["context_id"] in columns:
+        out["context_id"] = key_text_sql(_ident(source["context_id"]), types[source["context_id"]])
     if features:
         cols = _resolve_features(columns, features, path)
         out["features"] = "[" + ", ".join(f"TRY_CAST({_ident(c)} AS DOUBLE)" for c in cols) + "]"

@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 from mval.errors import MvalError
-from mval.files import relation_for_file
+from mval.files import key_text_sql, relation_for_file
 from mval.store import load_sql, transaction
 
 POLICY_COLUMNS = ("context_id", "action", "prob")
@@ -68,10 +68,11 @@ def add_policy(con: duckdb.DuckDBPyConnection, name: str, path: str | Path, repl
     missing = [c for c in POLICY_COLUMNS if c not in rel.columns]
     if missing:
         raise MvalError(f"{path}: missing column(s) {', '.join(missing)}; a policy file has columns context_id, action, prob")
+    context = key_text_sql("context_id", str(rel.types[rel.columns.index("context_id")]))
     con.register("staged_policy_raw", rel)
     try:
         con.execute(
-            "CREATE OR REPLACE TEMP TABLE staged_policy AS SELECT nullif(CAST(context_id AS TEXT), '') AS context_id, "
+            f"CREATE OR REPLACE TEMP TABLE staged_policy AS SELECT nullif({context}, '') AS context_id, "
             "TRY_CAST(action AS DOUBLE) AS action, TRY_CAST(prob AS DOUBLE) AS prob FROM staged_policy_raw"
         )
     except duckdb.Error as e:

@@ -181,6 +181,30 @@ def test_typed_parquet_columns_that_do_not_parse_are_refused(store, tmp_path):
             ingest_file(con, tmp_path / "f.parquet", "a")
 
 
+def test_whole_float_and_decimal_context_ids_match_integer_ones(store, tmp_path):
+    """A pandas integer column with a missing value is written as floats: context 1.0 must be context "1"
+    (as in an int8 Parquet file and a CSV), in events and in policies; 2.5 stays "2.5"."""
+    from decimal import Decimal
+
+    from mval.policies import add_policy, load_policy
+
+    base = {"action": [0, 1, 0], "propensity": [0.5, 0.5, 0.5], "reward": [1.0, 0.0, 1.0]}
+    pl.DataFrame({**base, "context_id": [1, 2, 3]}, schema_overrides={"context_id": pl.Int8}).write_parquet(tmp_path / "i.parquet")
+    pl.DataFrame({**base, "context_id": [1.0, 2.5, -0.0]}).write_parquet(tmp_path / "f.parquet")
+    pl.DataFrame({**base, "context_id": [Decimal("1.00"), Decimal("7.50"), Decimal("30")]},
+                 schema_overrides={"context_id": pl.Decimal(10, 2)}).write_parquet(tmp_path / "d.parquet")
+    (tmp_path / "c.csv").write_text("context_id,action,propensity,reward\n1,0,0.5,1\n")
+    pl.DataFrame({"context_id": [1.0, 1.0], "action": [0, 1], "prob": [0.5, 0.5]}).write_parquet(tmp_path / "p.parquet")
+    with open_store(store) as con:
+        for name in ("i.parquet", "f.parquet", "d.parquet", "c.csv"):
+            ingest_file(con, tmp_path / name, name)
+        ids = con.execute("SELECT logger, list(context_id ORDER BY event_id) FROM events GROUP BY 1 ORDER BY 1").fetchall()
+        add_policy(con, "p", tmp_path / "p.parquet")
+        assert load_policy(con, "p").context_ids.tolist() == ["1"]
+    assert ids == [("c.csv", ["1"]), ("d.parquet", ["1", "7.50", "30"]), ("f.parquet", ["1", "2.5", "0"]),
+                   ("i.parquet", ["1", "2", "3"])]
+
+
 def test_text_timestamps_with_an_offset_are_stored_in_utc(store, tmp_path):
     path = tmp_path / "ts.csv"
     path.write_text("action,propensity,reward,ts\n0,0.5,1,2024-01-01 12:00:00+02\n1,0.5,0,2024-01-01 12:00:00\n"
