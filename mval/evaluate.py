@@ -301,6 +301,8 @@ def evaluate_policy(
         raise MvalError(f"--bootstrap must be >= 0, found {n_boot}")
     check_folds(folds)
     log = _read_log(con, policy, loggers, positions, any(n in NEEDS_MODEL for n in names), folds, seed)
+    if reward_model is not None and log.features is None:
+        raise MvalError("a reward model was given but the rows have no features; drop it to use context means")
     target = _target_matrix(con, policy, log)
     logger_probs = [_logger_matrix(con, name, log, positions) for name in log.loggers]
 
@@ -325,7 +327,14 @@ def evaluate_policy(
         run = [n for n in names if n not in blocked]
         q_logged = q_target = None
         if any(n in NEEDS_MODEL for n in run):
-            q_logged, q_target, model_name = _reward_model(log, sub, rows, target, folds, reward_model, seed)
+            try:
+                q_logged, q_target, model_name = _reward_model(log, sub, rows, target, folds, reward_model, seed)
+            except MvalError as e:  # e.g. too few rows to cross-fit: the model-based estimators cannot run
+                if not everything:
+                    raise
+                for name in (n for n in run if n in NEEDS_MODEL):
+                    skip(name, str(e))
+                run = [n for n in run if n not in NEEDS_MODEL]
         context, action = sub["context"], sub["action"]
         data = LoggedData(
             reward=sub["reward"], propensity=sub["propensity"], target_prob=target[context, action],
@@ -400,8 +409,6 @@ def _reward_model(
                             sub["count"], seed=seed)
         name = "cross-fitted model on features" if factory else "cross-fitted linear/logistic on features"
         return q[np.arange(len(action)), action], (q * target[context]).sum(axis=1), name
-    if factory is not None:
-        raise MvalError("a reward model was given but the rows have no features; drop it to use context means")
     table = cross_fit_means(context, action, sub["reward"], fold, len(log.keys), log.n_actions, folds, sub["count"])
     expected = (table * target[None]).sum(axis=-1)  # (folds, C)
     return table[fold, context, action], expected[fold, context], "cross-fitted context-action means"

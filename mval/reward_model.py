@@ -34,6 +34,14 @@ def check_folds(folds: int) -> None:
         raise MvalError(f"cross-fitting needs at least 2 folds, found {folds}")
 
 
+def check_rows_outside_each_fold(rows_per_fold: np.ndarray) -> None:
+    """Refuse when every row fell into one fold: its reward model would have no rows to learn from."""
+    if np.count_nonzero(rows_per_fold) < 2:
+        raise MvalError(f"cross-fitting: all {rows_per_fold.sum():.0f} rows fell into one of the {rows_per_fold.size} "
+                        "folds, so the reward model of dm/dr has no other rows to learn from; the log is too small "
+                        "for them (use ips or snips), or try another --seed")
+
+
 def cross_fit_means(
     context: np.ndarray,
     action: np.ndarray,
@@ -57,6 +65,7 @@ def cross_fit_means(
     shape = (folds, n_contexts, n_actions)
     rows_in = np.bincount(cell, weights=c, minlength=size).reshape(shape)
     sums_in = np.bincount(cell, weights=c * reward, minlength=size).reshape(shape)
+    check_rows_outside_each_fold(rows_in.sum(axis=(1, 2)))
     rows_out = rows_in.sum(axis=0) - rows_in  # (folds, C, K): the other folds
     sums_out = sums_in.sum(axis=0) - sums_in
     total_rows, total_sums = rows_out.sum(axis=(1, 2)), sums_out.sum(axis=(1, 2))
@@ -106,6 +115,7 @@ def cross_fit_model(
     scale = features.std(axis=0)
     x = (features - features.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
     reps = np.ones(len(reward), dtype=np.int64) if count is None else np.asarray(count).astype(np.int64)
+    check_rows_outside_each_fold(np.bincount(fold, weights=reps, minlength=folds))
     rng = np.random.default_rng(seed)
     q = np.empty((len(reward), n_actions))
     for f in range(folds):
@@ -116,8 +126,8 @@ def cross_fit_model(
         if len(train) > max_fit_rows:
             train = rng.choice(train, size=max_fit_rows, replace=False)
         y = reward[train]
-        if len(train) == 0 or (binary and np.unique(y).size < 2):
-            q[test] = y.mean() if len(y) else 0.0  # nothing to learn from: a constant
+        if binary and np.unique(y).size < 2:
+            q[test] = y.mean()  # nothing to learn from: a constant
             continue
         model = make()
         model.fit(design_matrix(x[train], action[train], n_actions), y)

@@ -413,3 +413,24 @@ def test_per_position_refuses_rows_without_a_position(logs):
     with open_store(path, read_only=True) as con, pytest.raises(
             MvalError, match="--positions per-position: 200 of the chosen rows have no position"):
         evaluate_policy(con, "T-safe", ["A", "D"], ["ips"], positions="per-position")
+
+
+def test_dm_and_dr_refuse_a_log_whose_rows_all_fall_in_one_fold(tmp_path):
+    """With the other folds empty the reward model had nothing to learn from and q was 0: dm printed
+    0.0 with standard error 0. One row always lands in one fold: refused, and skipped under `all`."""
+    from mval.reward_model import cross_fit_means, cross_fit_model
+
+    one_fold = np.zeros(3, dtype=np.int64)
+    with pytest.raises(MvalError, match="all 3 rows fell into one of the 5 folds"):
+        cross_fit_means(one_fold, np.array([0, 1, 0]), np.array([1.0, 0.0, 1.0]), one_fold, 1, 2, 5)
+    with pytest.raises(MvalError, match="all 3 rows fell into one of the 5 folds"):
+        cross_fit_model(np.ones((3, 1)), np.array([0, 1, 0]), np.array([1.0, 0.0, 1.0]), 2, one_fold, 5)
+    path = init_store(tmp_path / "s.duckdb")
+    with open_store(path) as con:
+        insert_events(con, log_frame().filter((pl.col("logger") == "A") & (pl.col("action") == K - 1)).head(1))
+        write_policy(con, tmp_path, "T", TARGET)
+    with open_store(path, read_only=True) as con:
+        with pytest.raises(MvalError, match="the log is too small for them"):
+            evaluate_policy(con, "T", None, ["dm"])
+        skipped = evaluate_policy(con, "T", None).skipped
+    assert {"dm", "dr"} <= set(skipped)
