@@ -237,14 +237,17 @@ def _target_matrix(con: duckdb.DuckDBPyConnection, policy: str, log: _Log) -> np
     return probs
 
 
-def _logger_matrix(con: duckdb.DuckDBPyConnection, logger: str, log: _Log, positions: str) -> np.ndarray | None:
-    """pi_k as (C, K) with NaN rows where unknown; None when the logger's policy is unknown."""
+def _logger_matrix(con: duckdb.DuckDBPyConnection, logger: str, log: _Log, positions: str) -> np.ndarray | str:
+    """pi_k as (C, K) with NaN rows where unknown; when the logger's policy is unknown, why (a phrase)."""
     if con.execute("SELECT count(*) FROM policies WHERE policy = ?", [logger]).fetchall()[0][0]:
         return _policy_matrix(load_policy(con, logger, n_actions=log.n_actions), log.keys)
     df = con.sql(load_sql("evaluate_logger_probs"), params={
         "logger": logger, "position_in_context": positions == "context"}).pl()
-    if df.height == 0 or df["variants"].max() > 1:
-        return None
+    if df.height == 0:
+        return "has no known policy"
+    if df["variants"].max() > 1:
+        return ("logs action_probs that differ between rows of one context (its policy depends on more than "
+                "context_id), so its probabilities at other rows are unknown")
     table_keys = df["context_key"].to_numpy()
     probs = np.array(df["probs"].to_list(), dtype=float)
     if probs.shape[1] != log.n_actions:
@@ -252,7 +255,7 @@ def _logger_matrix(con: duckdb.DuckDBPyConnection, logger: str, log: _Log, posit
                         f"{log.n_actions}; rows and policies must number actions the same way")
     if df["context_key"].null_count():
         if df.height > 1:
-            return None  # a context-free part and a per-context part: not one policy
+            return "logs action_probs on rows with and without context_id, not one policy"
         return np.broadcast_to(probs[0], (len(log.keys), log.n_actions)).copy()
     return _policy_matrix(PolicyTable(logger, table_keys.astype(str), probs), log.keys)
 
@@ -352,7 +355,7 @@ def evaluate_policy(
 
 
 def _check_support(
-    names: list[str], policy: str, target: np.ndarray, logger_probs: list[np.ndarray | None], log: _Log,
+    names: list[str], policy: str, target: np.ndarray, logger_probs: list[np.ndarray | str], log: _Log,
     sub: dict[str, np.ndarray], present: np.ndarray, logger_index: np.ndarray, n_k: np.ndarray,
 ) -> tuple[dict[str, str], np.ndarray | None]:
     """Estimators that cannot run on these rows (name -> why), and pibar (C, K) when balanced ones can.
@@ -362,7 +365,7 @@ def _check_support(
     """
     blocked: dict[str, str] = {}
     for j, k in enumerate(present):
-        if logger_probs[k] is None:
+        if isinstance(logger_probs[k], str):
             continue
         problem = _overlap_problem(target, logger_probs[k], np.unique(sub["context"][logger_index == j]), log.keys)
         if problem:
@@ -373,13 +376,13 @@ def _check_support(
     if not balanced:
         return blocked, None
     contexts = np.unique(sub["context"])
-    unknown = [log.loggers[k] for k in present if logger_probs[k] is None]
-    partial = [log.loggers[k] for k in present
-               if logger_probs[k] is not None and np.isnan(logger_probs[k][contexts]).any()]
+    unknown = [k for k in present if isinstance(logger_probs[k], str)]
+    partial = [k for k in present if not isinstance(logger_probs[k], str) and np.isnan(logger_probs[k][contexts]).any()]
     if unknown or partial:
-        who = (unknown or partial)[0]
-        why = (f"logger {who!r} has no known policy{' at every context' if not unknown else ''}; add it with "
-               f"`mval policy add STORE {who} FILE` (named like the logger) or log action_probs")
+        k = (unknown or partial)[0]
+        who, problem = log.loggers[k], logger_probs[k] if unknown else "has no known policy at every context"
+        fix = "or use ips, snips or dr" if "action_probs" in problem else "or log action_probs"
+        why = f"logger {who!r} {problem}; add its policy with `mval policy add STORE {who} FILE` (named like the logger) {fix}"
         return {**blocked, **{n: why for n in balanced}}, None
     for j, k in enumerate(present):
         mine = logger_index == j

@@ -434,3 +434,20 @@ def test_dm_and_dr_refuse_a_log_whose_rows_all_fall_in_one_fold(tmp_path):
             evaluate_policy(con, "T", None, ["dm"])
         skipped = evaluate_policy(con, "T", None).skipped
     assert {"dm", "dr"} <= set(skipped)
+
+
+def test_a_logger_whose_action_probs_vary_within_a_context_is_named_for_that(tmp_path):
+    """Balanced estimators need the logger's probabilities at every row; action_probs that differ between
+    rows of one context do not give them, and the refusal says so (it used to say "log action_probs")."""
+    frame = log_frame().filter(pl.col("logger") == "C")
+    varied = [[0.2, 0.3, 0.5] if i % 2 else [0.5, 0.3, 0.2] for i in range(frame.height)]
+    frame = frame.with_columns(action_probs=pl.Series(varied),
+                               propensity=pl.Series([p[a] for p, a in zip(varied, frame["action"])]))
+    path = init_store(tmp_path / "s.duckdb")
+    with open_store(path) as con:
+        insert_events(con, frame)
+        write_policy(con, tmp_path, "T", TARGET)
+    with open_store(path, read_only=True) as con:
+        with pytest.raises(MvalError, match=r"logger 'C' logs action_probs that differ between rows of one context "
+                                            r".*; add its policy with `mval policy add STORE C FILE` .* or use ips"):
+            evaluate_policy(con, "T", None, ["balanced-ips"])
