@@ -79,6 +79,8 @@ def test_refusals_are_one_line_and_exit_2(levels, tmp_path):
     assert result.exit_code == 2 and "no such store" in result.output
     result = run("levels", "--size", 6, "--n", 0, "-o", tmp_path / "x.txt", ok=False)
     assert result.exit_code == 2 and "--n 0" in result.output
+    result = run("play", "--levels", levels, "--probe", tmp_path / "p.safetensors", ok=False)
+    assert result.exit_code == 2 and "drawn in the GIF; give --render FILE.gif too" in result.output
 
 
 def test_every_command_has_help_with_an_example():

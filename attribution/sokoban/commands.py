@@ -139,6 +139,8 @@ def play(levels_path, agent, thinking_steps, max_steps, render, render_level, pr
     from attribution.sokoban.play import PlayResult, render_gif, rollout, store_episodes
     from attribution.sokoban.probes import SHIPPED, load_probe
 
+    if probe_path and render is None:
+        raise MvalError(f"--probe {probe_path}: the probe's plan is drawn in the GIF; give --render FILE.gif too")
     lv = read_levels(levels_path)
     model = load_agent(agent)
     probe = load_probe(probe_path, model, agent or SHIPPED) if probe_path else None
