@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -74,17 +75,34 @@ def check_layer(model: ConceptModel, layer: int) -> int:
     return layer
 
 
-def fingerprint(model: ConceptModel) -> str:
-    """sha256 of the module's parameters and buffers (names, shapes, values) and of whatever else decides
-    its outputs (`model.settings()`, if it has one: an LM's config and tokenizer): the key of cached gradients."""
+_WEIGHT_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _weights_digest(module: torch.nn.Module) -> str:
+    """sha256 of the parameters and buffers (names, shapes, values), hashed again only when a tensor was
+    replaced or changed in place (torch's version counter moves on every in-place write, optimizer steps
+    and load_state_dict included): scorers ask once per batch, and hashing a 1B-parameter model takes seconds."""
+    state = sorted(module.state_dict().items())
+    stamp = tuple((name, t.data_ptr(), t._version) for name, t in state)
+    cached = _WEIGHT_DIGESTS.get(module)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
     digest = hashlib.sha256()
-    settings = getattr(model, "settings", None)
-    if settings is not None:
-        digest.update(json.dumps(settings(), sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.module.state_dict().items()):
+    for name, tensor in state:
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    _WEIGHT_DIGESTS[module] = (stamp, digest.hexdigest())
+    return digest.hexdigest()
+
+
+def fingerprint(model: ConceptModel) -> str:
+    """sha256 of the module's weights (`_weights_digest`) and of whatever else decides its outputs
+    (`model.settings()`, if it has one: an LM's config and tokenizer): the key of cached gradients."""
+    digest = hashlib.sha256(_weights_digest(model.module).encode())
+    settings = getattr(model, "settings", None)
+    if settings is not None:
+        digest.update(json.dumps(settings(), sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
 

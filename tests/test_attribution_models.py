@@ -127,3 +127,28 @@ def test_hidden_states_stop_at_the_layer_and_match_the_full_forward(tmp_path):
     reference = torch.autograd.grad(model.module(input_ids=batch.inputs["input_ids"], output_hidden_states=True)
                                     .hidden_states[1].sum(), weight)[0]
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-12)
+
+
+def test_fingerprint_follows_in_place_changes_of_the_weights(model_dir):
+    """The weights' hash is reused until a tensor changes: an in-place edit, an optimizer step, a
+    load_state_dict and a replaced parameter each give a new fingerprint; undoing the edit the old one."""
+    model = load_hf_model(model_dir)
+    first = fingerprint(model)
+    assert fingerprint(model) == first
+    weight = model.module.lm_head.weight
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight.add_(1.0)
+    edited = fingerprint(model)
+    with torch.no_grad():
+        weight.copy_(saved)
+    assert edited != first and fingerprint(model) == first
+    torch.optim.SGD(model.module.parameters(), lr=0.1).zero_grad()
+    model.example_losses(model.encode(qa(2, 0))).sum().backward()
+    torch.optim.SGD(model.module.parameters(), lr=0.1).step()
+    stepped = fingerprint(model)
+    assert stepped not in (first, edited)
+    model.module.load_state_dict(load_hf_model(model_dir).module.state_dict())
+    assert fingerprint(model) == first
+    model.module.lm_head.weight = torch.nn.Parameter(weight.detach() * 2)
+    assert fingerprint(model) not in (first, edited, stepped)
