@@ -127,7 +127,8 @@ def ingest(store: str, file: str, logger: str, fmt: str, mapping: tuple[str, ...
     elif result.skipped:
         click.echo(f"{file}: already ingested (ingest {result.ingest_id}, logger {result.logger!r}); nothing added")
     else:
-        click.echo(f"ingested {result.rows} rows from {file} as logger {result.logger!r} (ingest {result.ingest_id})")
+        already = f"; {result.already_stored} rows were already in the store" if result.already_stored else ""
+        click.echo(f"ingested {result.rows} rows from {file} as logger {result.logger!r} (ingest {result.ingest_id}){already}")
 
 
 @main.command()

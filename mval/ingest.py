@@ -3,11 +3,15 @@ validated in SQL, in one transaction.
 
 Formats:
 - `generic`: the store's own column names (`action`, `propensity`, `reward`; optional `context_id`,
-  `features`, `action_probs`, `position`, `ts`), renamed with `mapping` {store_col: file_col};
+  `features`, `action_probs`, `position`, `ts`, `event_id`), renamed with `mapping` {store_col: file_col};
   features from one list column or gathered from several numeric columns (`features=[...]`, globs allowed).
+  `event_id` is the file's own id of each event, kept as `source_event_id`: a row whose id the store
+  already holds for the logger, with the same content, is skipped (a log appended to and ingested again
+  adds only its new rows); the same id with other content is refused.
 - `obd`: the Open Bandit Dataset layout (timestamp, item_id, position, click, propensity_score,
   user_feature_*, user-item_affinity_*): action = item_id, reward = click, context_id = the
   user features joined by '|', features = the user-item affinities. Positions are kept as published.
+  No event id: every row is added.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from mval.files import file_reader, key_text_sql, relation_for_file, table_sql
 from mval.store import add_event_cells, load_sql, transaction
 
 FORMATS = ("generic", "obd")
-STORE_COLUMNS = ("context_id", "features", "action", "propensity", "reward", "action_probs", "position", "ts")
+STORE_COLUMNS = ("context_id", "features", "action", "propensity", "reward", "action_probs", "position", "ts", "event_id")
 REQUIRED = ("action", "propensity", "reward")
 
 # rule -> (column, what it must be, how to fix)
@@ -52,8 +56,9 @@ class IngestResult:
     path: str
     logger: str
     ingest_id: int | None
-    rows: int
-    skipped: bool  # the same content was ingested before: nothing added
+    rows: int  # rows added to `events`
+    already_stored: int  # rows whose event id the store already held for the logger, same content: skipped
+    skipped: bool  # the same file content was ingested before: nothing read, nothing added
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,6 +143,8 @@ def _generic_columns(
         out.pop("_features_raw", None)  # missing values show as NULL elements instead
     if source["ts"] in columns:
         out["ts"] = _timestamp_expr(source["ts"], types[source["ts"]])
+    if source["event_id"] in columns:
+        out["source_event_id"] = key_text_sql(_ident(source["event_id"]), types[source["event_id"]])
     return out
 
 
@@ -175,6 +182,7 @@ def _stage(con: duckdb.DuckDBPyConnection, path: Path, exprs: dict[str, str], co
         "action_probs": "CAST(NULL AS DOUBLE[])",
         "position": "CAST(NULL AS DOUBLE)",
         "ts": "CAST(NULL AS TIMESTAMP)",
+        "source_event_id": "CAST(NULL AS TEXT)",
         **{f"_{col}_raw": "CAST(NULL AS TEXT)" for col in PARSED},
     } | exprs
     select = ", ".join(f"{expr} AS {name}" for name, expr in typed.items())
@@ -220,6 +228,42 @@ def _validate(con: duckdb.DuckDBPyConnection, path: Path) -> int:
     return rows
 
 
+_STORED_AS = {"action": "CAST(s.action AS INTEGER)", "position": "CAST(s.position AS INTEGER)"}  # staged -> store type
+
+
+def _known_events(con: duckdb.DuckDBPyConnection, path: Path, column: str, logger: str) -> int:
+    """Check the file's event ids (`column`: the file's name for them) and find the rows the store already
+    holds for `logger` (temp table `staged_known`). Raises on a missing or repeated id, or on an id stored
+    with other content; returns the number of rows already stored (skipped)."""
+    missing, missing_row, repeated, row, event_id, first_row = con.execute(load_sql("ingest_event_ids")).fetchall()[0]
+    if missing:
+        more = f" ({missing - 1} more rows like it)" if missing > 1 else ""
+        raise MvalError(f"{path}: row {missing_row}, column {column}: must be an event id, found missing{more}; "
+                        "give every row its id, or drop the column to ingest without duplicate checks")
+    if repeated:
+        more = f" ({repeated - 1} more rows like it)" if repeated > 1 else ""
+        raise MvalError(f"{path}: row {row}, column {column}: event id {event_id!r} repeats row {first_row}{more}; "
+                        "an event id names one event: drop the repeated rows or give them their own ids")
+    con.execute(load_sql("ingest_known_events"), {"logger": logger})
+    known, differ = con.execute("SELECT count(DISTINCT _row), count(DISTINCT _row) FILTER (differs IS NOT NULL) "
+                                "FROM staged_known").fetchall()[0]  # a row matches one stored event, unless added by hand
+    if differ:
+        row, event_id, col, stored_event, stored_ingest = con.execute(
+            "SELECT _row, source_event_id, differs, stored_event, stored_ingest FROM staged_known "
+            "WHERE differs IS NOT NULL ORDER BY _row LIMIT 1").fetchall()[0]
+        new = _STORED_AS.get(col, f"s.{col}")  # col: a store column named by ingest_known_events.sql
+        old_value, new_value = con.execute(
+            f"SELECT CAST(e.{col} AS TEXT), CAST({new} AS TEXT) FROM events e, staged s "
+            "WHERE e.event_id = ? AND s._row = ?", [stored_event, row]).fetchall()[0]
+        more = f" ({differ - 1} more rows like it)" if differ > 1 else ""
+        raise MvalError(
+            f"{path}: row {row}, column {col}: event id {event_id!r} of logger {logger!r} is already in the store "
+            f"(ingest {stored_ingest}) with {col} {old_value or 'missing'}, the file has {new_value or 'missing'}{more}; "
+            "an event id names one event: fix the row, or give the changed events new ids"
+        )
+    return known
+
+
 def ingest_file(
     con: duckdb.DuckDBPyConnection,
     path: str | Path,
@@ -238,7 +282,7 @@ def ingest_file(
     digest = content_hash(path)
     seen = con.execute("SELECT ingest_id, logger FROM ingests WHERE content_hash = ?", [digest]).fetchall()
     if seen:
-        return IngestResult(str(path), seen[0][1], seen[0][0], 0, skipped=True)
+        return IngestResult(str(path), seen[0][1], seen[0][0], 0, 0, skipped=True)
     types = dict(zip(rel.columns, (str(t) for t in rel.types)))
     if fmt == "obd":
         exprs = _obd_columns(rel.columns, types, path)
@@ -247,6 +291,13 @@ def ingest_file(
     try:
         _stage(con, path, exprs, rel.columns)
         rows = _validate(con, path)
+        if "source_event_id" in exprs:
+            known = _known_events(con, path, (mapping or {}).get("event_id", "event_id"), logger)
+            con.execute(load_sql("ingest_new_rows"))
+        else:  # every row is new: the row number is the sequence (no sort)
+            known = 0
+            con.execute("CREATE OR REPLACE TEMP VIEW staged_new AS SELECT *, _row AS _seq FROM staged")
+        rows -= known
         with transaction(con):
             first_event, ingest_id = con.execute(
                 "SELECT coalesce(max(event_id), -1) + 1, nextval('ingest_id_seq') FROM events"
@@ -264,6 +315,8 @@ def ingest_file(
     except duckdb.Error as e:
         raise MvalError(f"{path}: ingest failed, store unchanged ({str(e).splitlines()[0]})") from e
     finally:
+        con.execute("DROP VIEW IF EXISTS staged_new")
+        con.execute("DROP TABLE IF EXISTS staged_known")
         con.execute("DROP VIEW IF EXISTS staged_checks")
         con.execute("DROP VIEW IF EXISTS staged")
-    return IngestResult(str(path), logger, int(ingest_id), int(rows), skipped=False)
+    return IngestResult(str(path), logger, int(ingest_id), int(rows), int(known), skipped=False)

@@ -6,7 +6,8 @@ Each version's additions reach an older store when it is opened for writing (one
 as temporary views when it is opened read-only (the file is left as it was):
 - 2: `event_cells` (identical events counted once, per ingest), counted from the store's events;
 - 3: `examples.record` (each example's input JSON record, which `mval curate` writes back), NULL for
-  examples added before it (curate then rebuilds their records from the fields).
+  examples added before it (curate then rebuilds their records from the fields); `events.source_event_id`
+  (the log file's own event id), NULL for events added before it (they are never matched as duplicates).
 """
 
 from __future__ import annotations
@@ -103,15 +104,17 @@ def _upgrade(con: duckdb.DuckDBPyConnection, path: Path, version: int, read_only
             if version < 2:
                 con.execute(load_sql("event_cells"))
                 con.execute("CREATE TEMP VIEW event_cells AS SELECT * FROM events_counted")
-            if version < 3 and not _has_column(con, "examples", "record"):
-                catalog = con.execute("SELECT current_database()").fetchall()[0][0].replace('"', '""')
-                con.execute(f'CREATE TEMP VIEW examples AS SELECT *, NULL::TEXT AS record FROM "{catalog}".main.examples')
+            catalog = con.execute("SELECT current_database()").fetchall()[0][0].replace('"', '""')
+            for table, column in (("examples", "record"), ("events", "source_event_id")):
+                if not _has_column(con, table, column):
+                    con.execute(f'CREATE TEMP VIEW {table} AS SELECT *, NULL::TEXT AS {column} FROM "{catalog}".main.{table}')
             return
         with transaction(con):
             if version < 2:
                 con.execute(load_sql("event_cells_table"))
                 add_event_cells(con, None)
             con.execute("ALTER TABLE examples ADD COLUMN IF NOT EXISTS record TEXT")
+            con.execute("ALTER TABLE events ADD COLUMN IF NOT EXISTS source_event_id TEXT")
             con.execute("UPDATE mval_meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
     except duckdb.Error as e:
         raise MvalError(f"{path}: cannot upgrade the store from schema version {version} to {SCHEMA_VERSION} "

@@ -1,7 +1,9 @@
--- Move validated staged rows into `events`. $first_event: next free event_id; $ingest_id; $logger.
+-- Move validated staged rows into `events`: `staged_new`, the staged rows to add (all of them, or those
+-- whose event id is not stored yet) numbered 1.. in file order as `_seq`. $first_event: next free
+-- event_id; $ingest_id; $logger.
 INSERT INTO events
 SELECT
-    $first_event + _row - 1,
+    $first_event + _seq - 1,
     $ingest_id,
     $logger,
     context_id,
@@ -11,5 +13,6 @@ SELECT
     reward,
     action_probs,
     CAST(position AS INTEGER),
-    ts
-FROM staged;
+    ts,
+    source_event_id
+FROM staged_new;

@@ -1,4 +1,4 @@
--- mval store schema, version 2, with event_cells_table.sql and views.sql. Applied by `mval init` in one transaction.
+-- mval store schema, version 3, with event_cells_table.sql and views.sql. Applied by `mval init` in one transaction.
 CREATE TABLE mval_meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -13,12 +13,14 @@ CREATE TABLE ingests (
     content_hash TEXT NOT NULL UNIQUE,
     format       TEXT NOT NULL,
     logger       TEXT NOT NULL,
-    rows         BIGINT NOT NULL,
+    rows         BIGINT NOT NULL,  -- events added (rows of the file already stored are not counted)
     first_event  BIGINT NOT NULL,
     ingested_at  TIMESTAMP NOT NULL DEFAULT current_localtimestamp()
 );
 
--- One row per logged interaction. event_id is dense and increasing in ingest order.
+-- One row per logged interaction. event_id is dense and increasing in ingest order; source_event_id is
+-- the file's own event id (as text), NULL when the file has none: with it, an event already stored for
+-- the same logger is not added again.
 CREATE TABLE events (
     event_id     BIGINT NOT NULL,
     ingest_id    INTEGER NOT NULL,
@@ -30,7 +32,8 @@ CREATE TABLE events (
     reward       DOUBLE NOT NULL,
     action_probs DOUBLE[],
     position     INTEGER,
-    ts           TIMESTAMP
+    ts           TIMESTAMP,
+    source_event_id TEXT
 );
 
 -- Policies in long format: target, logging and designed policies.

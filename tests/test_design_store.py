@@ -31,7 +31,7 @@ def fill(store, tmp_path, rows=400, seed=0, with_probs=True):
     with open_store(store) as con:
         con.execute(
             "INSERT INTO events SELECT i, 1, 'prod', 'c' || ctx, NULL, a, p, r, "
-            "CASE WHEN ? THEN probs END, NULL, NULL FROM (SELECT unnest(?) AS i, unnest(?) AS ctx, "
+            "CASE WHEN ? THEN probs END, NULL, NULL, NULL FROM (SELECT unnest(?) AS i, unnest(?) AS ctx, "
             "unnest(?) AS a, unnest(?) AS p, unnest(?) AS r, unnest(?::DOUBLE[][]) AS probs)",
             [with_probs, list(range(rows)), ctx.tolist(), action.tolist(), probs[ctx, action].tolist(),
              reward.tolist(), probs[ctx].tolist()],
@@ -111,8 +111,8 @@ def test_min_reward_ratio_holds(store, tmp_path):
 
 def test_second_moment_table_and_context_free_log(store, tmp_path):
     with open_store(store) as con:
-        con.execute("INSERT INTO events VALUES (0, 1, 'uni', NULL, NULL, 0, 0.5, 1.0, [0.5, 0.5], NULL, NULL), "
-                    "(1, 1, 'uni', NULL, NULL, 1, 0.5, 0.0, [0.5, 0.5], NULL, NULL)")
+        con.execute("INSERT INTO events VALUES (0, 1, 'uni', NULL, NULL, 0, 0.5, 1.0, [0.5, 0.5], NULL, NULL, NULL), "
+                    "(1, 1, 'uni', NULL, NULL, 1, 0.5, 0.0, [0.5, 0.5], NULL, NULL, NULL)")
         as_ingested(con, 1, "uni", 2)
         pl.DataFrame({"context_id": [None, None], "action": [0, 1], "prob": [0.5, 0.5]}).write_csv(tmp_path / "t.csv")
         add_policy(con, "T", tmp_path / "t.csv")
@@ -204,6 +204,6 @@ def test_refuses_rows_written_around_ingest(store, tmp_path):
     """The design reads counted cells: a row added to `events` without its cell is named, not left out."""
     fill(store, tmp_path)
     with open_store(store) as con:
-        con.execute("INSERT INTO events VALUES (9999, 1, 'prod', 'c0', NULL, 0, 0.5, 1.0, NULL, NULL, NULL)")
+        con.execute("INSERT INTO events VALUES (9999, 1, 'prod', 'c0', NULL, 0, 0.5, 1.0, NULL, NULL, NULL, NULL)")
         with pytest.raises(MvalError, match="event_cells count 400 of the chosen 401 events"):
             design_logging_policy(con, ["A"], 100)

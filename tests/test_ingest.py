@@ -268,3 +268,146 @@ def test_feature_dimension_must_match_within_the_file(store, tmp_path):
         with pytest.raises(MvalError, match="same number of features, found lengths 2, 4"):
             ingest_file(con, tmp_path / "ragged.parquet", "a")
         assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+
+
+def _log_with_ids(rows: int, seed: int = 0, ids=None) -> pl.DataFrame:
+    """A CSV-able log (no list columns) whose rows carry the file's own `event_id`."""
+    ids = [f"e{i}" for i in range(rows)] if ids is None else ids
+    return generic_log(rows=rows, seed=seed).drop("features", "action_probs").with_columns(event_id=pl.Series(ids))
+
+
+def _counts(con) -> tuple[list, list]:
+    """Events per ingest, and the rows `event_cells` count per ingest (what evaluate and design check)."""
+    events = con.execute("SELECT ingest_id, count(*) FROM events GROUP BY 1 ORDER BY 1").fetchall()
+    cells = con.execute("SELECT ingest_id, sum(rows)::BIGINT FROM event_cells GROUP BY 1 ORDER BY 1").fetchall()
+    return events, cells
+
+
+def test_appended_csv_reingested_adds_only_the_new_rows(store, tmp_path):
+    """A daily log appended to and ingested again: its old rows are recognised by their event ids."""
+    from mval.evaluate import evaluate_policy
+    from mval.policies import add_policy
+
+    log = _log_with_ids(50, seed=4)
+    path = tmp_path / "daily.csv"
+    log[:30].write_csv(path)
+    (tmp_path / "t.csv").write_text("context_id,action,prob\n,0,1\n,1,0\n,2,0\n,3,0\n")  # everywhere action 0
+    with open_store(store) as con:
+        first = ingest_file(con, path, "prod")
+        with path.open("a") as f:
+            f.write(log[30:].write_csv(include_header=False))
+        again = ingest_file(con, path, "prod")
+        got = con.sql("SELECT * FROM events ORDER BY event_id").pl()
+        events, cells = _counts(con)
+        add_policy(con, "always-0", tmp_path / "t.csv")
+        ips = evaluate_policy(con, "always-0", estimators=["ips"]).estimates[0][1]
+    assert (first.rows, first.already_stored) == (30, 0)
+    assert (again.rows, again.already_stored, again.skipped) == (20, 30, False)
+    assert got["source_event_id"].to_list() == log["event_id"].to_list()
+    assert got["event_id"].to_list() == list(range(50))
+    np.testing.assert_array_equal(got["reward"].to_numpy(), log["reward"].to_numpy())
+    assert events == cells == [(first.ingest_id, 30), (again.ingest_id, 20)]
+    expected = np.mean(log["reward"].to_numpy() * (log["action"].to_numpy() == 0) / log["propensity"].to_numpy())
+    assert ips.n == 50
+    np.testing.assert_allclose(ips.estimate, expected)
+
+
+def test_same_ids_in_another_order_add_nothing(store, tmp_path):
+    log = generic_log(rows=40, seed=6).with_columns(event_id=pl.Series(np.arange(1000, 1040)))
+    log.write_parquet(tmp_path / "a.parquet")
+    log.sample(fraction=1.0, shuffle=True, seed=7).write_parquet(tmp_path / "b.parquet")
+    with open_store(store) as con:
+        first = ingest_file(con, tmp_path / "a.parquet", "prod")
+    before = _all_tables(store)
+    with open_store(store) as con:
+        again = ingest_file(con, tmp_path / "b.parquet", "prod")
+        events, cells = _counts(con)
+    after = _all_tables(store)
+    assert (again.rows, again.already_stored, again.skipped) == (0, 40, False)
+    assert events == cells == [(first.ingest_id, 40)]
+    for table in ("events", "event_cells", "policies"):
+        assert before[table].equals(after[table]), table
+    assert after["ingests"]["rows"].to_list() == [40, 0]  # the file is recorded: a third try is a hash skip
+
+
+def test_changed_content_under_a_stored_id_is_refused_and_store_is_unchanged(store, tmp_path):
+    log = _log_with_ids(30, seed=8)
+    log.write_csv(tmp_path / "a.csv")
+    changed = log.with_columns(reward=pl.when(pl.col("event_id") == "e3").then(pl.col("reward") + 1)
+                               .otherwise(pl.col("reward")))
+    pl.concat([changed, _log_with_ids(5, seed=9, ids=[f"n{i}" for i in range(5)])]).write_csv(tmp_path / "b.csv")
+    with open_store(store) as con:
+        ingest_file(con, tmp_path / "a.csv", "prod")
+    before = _all_tables(store)
+    with open_store(store) as con, pytest.raises(
+            MvalError, match=r"b.csv: row 4, column reward: event id 'e3' of logger 'prod' is already in the "
+                             r"store \(ingest 1\) with reward .*, the file has .*"):
+        ingest_file(con, tmp_path / "b.csv", "prod")
+    after = _all_tables(store)
+    for table in before:
+        assert before[table].equals(after[table]), table
+
+
+@pytest.mark.parametrize("ids, match", [
+    (["a", "b", "c", "d", "b", "b"], r"row 5, column event_id: event id 'b' repeats row 2 \(1 more rows like it\)"),
+    (["a", "b", None, "d", "e", "f"], "row 3, column event_id: must be an event id, found missing"),
+    (["a", "b", "c", "d", "e", " "], "row 6, column event_id: must be an event id, found missing"),
+])
+def test_bad_event_ids_within_a_file_are_refused(store, tmp_path, ids, match):
+    _log_with_ids(6, ids=ids).write_csv(tmp_path / "f.csv")
+    with open_store(store) as con:
+        with pytest.raises(MvalError, match=f"f.csv: {match}"):
+            ingest_file(con, tmp_path / "f.csv", "prod")
+        assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+
+
+def test_map_event_id_from_the_command_line(store, tmp_path):
+    from conftest import run_cli
+
+    log = _log_with_ids(12).rename({"event_id": "my_id"})
+    log[:8].write_csv(tmp_path / "a.csv")
+    log.write_csv(tmp_path / "b.csv")
+    run_cli("ingest", store, tmp_path / "a.csv", "--logger", "prod", "--map", "event_id=my_id")
+    out = run_cli("ingest", store, tmp_path / "b.csv", "--logger", "prod", "--map", "event_id=my_id",
+                  "--output", "json").output
+    assert json.loads(out) == [{"path": str(tmp_path / "b.csv"), "logger": "prod", "ingest_id": 2, "rows": 4,
+                                "already_stored": 8, "skipped": False}]
+    with open_store(store, read_only=True) as con:
+        ids = [r[0] for r in con.execute("SELECT source_event_id FROM events ORDER BY event_id").fetchall()]
+    assert ids == [f"e{i}" for i in range(12)]
+
+
+def test_the_same_id_under_another_logger_is_another_event(store, tmp_path):
+    _log_with_ids(10, seed=1).write_csv(tmp_path / "a.csv")
+    _log_with_ids(10, seed=2).write_csv(tmp_path / "b.csv")  # same ids, other rewards
+    with open_store(store) as con:
+        a = ingest_file(con, tmp_path / "a.csv", "a")
+        b = ingest_file(con, tmp_path / "b.csv", "b")
+        got = con.execute("SELECT logger, count(DISTINCT source_event_id) FROM events GROUP BY 1 ORDER BY 1").fetchall()
+    assert (a.rows, b.rows, b.already_stored) == (10, 10, 0)
+    assert got == [("a", 10), ("b", 10)]
+
+
+def test_whole_float_event_ids_match_integer_ones(store, tmp_path):
+    """A pandas id column with a missing value is written as floats: id 7.0 is the event "7" of a CSV."""
+    base = {"action": [0, 1], "propensity": [0.5, 0.5], "reward": [1.0, 0.0]}
+    pl.DataFrame({**base, "event_id": [7.0, 8.0]}).write_parquet(tmp_path / "f.parquet")
+    (tmp_path / "c.csv").write_text("event_id,action,propensity,reward\n8,1,0.5,0\n9,0,0.5,1\n")
+    with open_store(store) as con:
+        ingest_file(con, tmp_path / "f.parquet", "prod")
+        csv = ingest_file(con, tmp_path / "c.csv", "prod")
+        ids = [r[0] for r in con.execute("SELECT source_event_id FROM events ORDER BY event_id").fetchall()]
+    assert (csv.rows, csv.already_stored) == (1, 1)
+    assert ids == ["7", "8", "9"]
+
+
+def test_logs_without_event_ids_are_not_deduplicated(store, tmp_path):
+    """No event id column: the same rows in another file are new events, as before."""
+    log = generic_log(rows=20, seed=3)
+    log.write_parquet(tmp_path / "a.parquet")
+    log.reverse().write_parquet(tmp_path / "b.parquet")
+    with open_store(store) as con:
+        ingest_file(con, tmp_path / "a.parquet", "prod")
+        b = ingest_file(con, tmp_path / "b.parquet", "prod")
+        nulls = con.execute("SELECT count(*) FROM events WHERE source_event_id IS NULL").fetchone()[0]
+    assert (b.rows, b.already_stored, nulls) == (20, 0, 40)

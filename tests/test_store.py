@@ -1,10 +1,12 @@
+import json
 import subprocess
 import sys
 import textwrap
 
 import duckdb
+import polars as pl
 import pytest
-from conftest import generic_log
+from conftest import generic_log, run_cli
 
 from mval.errors import MvalError, StoreBusyError
 from mval.ingest import ingest_file
@@ -82,6 +84,7 @@ def _version_1_store(store, tmp_path):
         cells = con.sql("SELECT * FROM event_cells ORDER BY ALL").pl()
         con.execute("DROP TABLE event_cells")
         con.execute("ALTER TABLE examples DROP COLUMN record")
+        con.execute("ALTER TABLE events DROP COLUMN IF EXISTS source_event_id")
         con.execute("UPDATE mval_meta SET value = '1' WHERE key = 'schema_version'")
     return cells
 
@@ -116,3 +119,42 @@ def test_failed_upgrade_is_refused_and_leaves_the_store_at_version_1(store, tmp_
     with duckdb.connect(str(store), read_only=True) as con:
         assert con.execute("SELECT value FROM mval_meta").fetchall() == [("1",)]
         assert con.execute("SELECT count(*) FROM event_cells").fetchall() == [(0,)]
+
+
+def _version_2_store(store, tmp_path):
+    """A store as mval with schema version 2 left it: events without `source_event_id`, examples without
+    `record`, and a context-free target policy; returns its events."""
+    generic_log(rows=60, seed=3).write_parquet(tmp_path / "a.parquet")
+    (tmp_path / "t.csv").write_text("context_id,action,prob\n,0,1\n,1,0\n,2,0\n,3,0\n")
+    run_cli("ingest", store, tmp_path / "a.parquet", "--logger", "a")
+    run_cli("policy", "add", store, "T", tmp_path / "t.csv")
+    with open_store(store) as con:
+        con.execute("ALTER TABLE examples DROP COLUMN record")
+        con.execute("ALTER TABLE events DROP COLUMN IF EXISTS source_event_id")
+        con.execute("UPDATE mval_meta SET value = '2' WHERE key = 'schema_version'")
+        return con.sql("SELECT * FROM events ORDER BY event_id").pl()
+
+
+def test_version_2_store_without_event_ids_is_read_and_left_unchanged(store, tmp_path):
+    events = _version_2_store(store, tmp_path)
+    out = run_cli("query", store, "SELECT count(*) AS n, count(source_event_id) AS ids FROM events", "--format", "json")
+    assert json.loads(out.output) == [{"n": 60, "ids": 0}]
+    run_cli("query", store, "SELECT * FROM events ORDER BY event_id", "--format", "parquet", "-o", tmp_path / "e.parquet")
+    assert pl.read_parquet(tmp_path / "e.parquet").drop("source_event_id").equals(events)
+    ips = json.loads(run_cli("evaluate", store, "--policy", "T", "--estimator", "ips", "--format", "json").output)
+    expected = (events["reward"] * (events["action"] == 0) / events["propensity"]).mean()
+    assert ips[0]["n"] == 60 and abs(ips[0]["estimate"] - expected) < 1e-12
+    with duckdb.connect(str(store), read_only=True) as con:
+        assert con.execute("SELECT value FROM mval_meta").fetchall() == [("2",)]
+        assert con.execute("SELECT count(*) FROM duckdb_columns() WHERE column_name = 'source_event_id'").fetchall() == [(0,)]
+
+
+def test_version_2_store_gets_event_ids_when_opened_for_writing(store, tmp_path):
+    events = _version_2_store(store, tmp_path)
+    (tmp_path / "b.csv").write_text("event_id,action,propensity,reward\nx1,0,0.25,1\nx2,1,0.25,0\n")
+    run_cli("ingest", store, tmp_path / "b.csv", "--logger", "a")
+    with duckdb.connect(str(store), read_only=True) as con:
+        assert con.execute("SELECT value FROM mval_meta").fetchall() == [(str(SCHEMA_VERSION),)]
+        got = con.execute("SELECT event_id, source_event_id FROM events WHERE event_id >= 59 ORDER BY 1").fetchall()
+        assert con.execute("SELECT count(*) FROM events").fetchall() == [(events.height + 2,)]
+    assert got == [(59, None), (60, "x1"), (61, "x2")]
