@@ -303,8 +303,9 @@ def evaluate_policy(
     if n_boot < 0:
         raise MvalError(f"--bootstrap must be >= 0, found {n_boot}")
     check_folds(folds)
-    log = _read_log(con, policy, loggers, positions, any(n in NEEDS_MODEL for n in names), folds, seed)
-    if reward_model is not None and log.features is None:
+    needs_model = any(n in NEEDS_MODEL for n in names)
+    log = _read_log(con, policy, loggers, positions, needs_model, folds, seed)
+    if reward_model is not None and needs_model and log.features is None:
         raise MvalError("a reward model was given but the rows have no features; drop it to use context means")
     target = _target_matrix(con, policy, log)
     logger_probs = [_logger_matrix(con, name, log, positions) for name in log.loggers]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import duckdb
@@ -49,14 +50,20 @@ def table_sql(path: str | Path, columns: list[str] | None = None) -> str:
     return f"read_json(?, columns = {{{text}}})"
 
 
-def key_text_sql(column: str, dtype: str) -> str:
-    """SQL for a key column (`column`, a quoted identifier, of DuckDB type `dtype`) as text: a float or
-    decimal with a whole value prints as an integer ("1", not "1.0" or "1.00"), so that context ids match
-    across files (a pandas integer column with a missing value is written as floats)."""
-    if dtype not in ("FLOAT", "DOUBLE") and not dtype.startswith("DECIMAL"):
-        return f"CAST({column} AS TEXT)"
-    return (f"CASE WHEN {column} = trunc({column}) AND abs({column}) < 9.2e18 "
-            f"THEN CAST(CAST({column} AS BIGINT) AS TEXT) ELSE CAST({column} AS TEXT) END")
+def key_text_sql(path: str | Path, column: str, dtype: str) -> str:
+    """SQL for an id column (a context or event id) as text; ids are compared as text, so a column of
+    floats or fractional decimals is refused: its 1.0 would be another id than 1 in an integer or text
+    file (a pandas integer column with a missing value is written as floats)."""
+    scale = re.fullmatch(r"DECIMAL\(\d+,(\d+)\)", dtype)
+    if dtype in ("FLOAT", "DOUBLE") or (scale is not None and int(scale.group(1)) > 0):
+        raise MvalError(f"{path}: column {column} is {dtype}; ids are compared as text, so its 1.0 would not "
+                        f"match 1: write it as integers or text (pandas: df[{column!r}].astype('Int64'))")
+    return f"CAST({sql_ident(column)} AS TEXT)"
+
+
+def sql_ident(name: str) -> str:
+    """`name` as a quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def relation_for_file(con: duckdb.DuckDBPyConnection, path: str | Path, as_text: bool = False) -> duckdb.DuckDBPyRelation:

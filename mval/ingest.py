@@ -25,7 +25,7 @@ from pathlib import Path
 import duckdb
 
 from mval.errors import MvalError
-from mval.files import file_reader, key_text_sql, relation_for_file, table_sql
+from mval.files import file_reader, key_text_sql, relation_for_file, sql_ident, table_sql
 from mval.store import add_event_cells, load_sql, transaction
 
 FORMATS = ("generic", "obd")
@@ -64,10 +64,6 @@ class IngestResult:
         return asdict(self)
 
 
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def content_hash(path: Path) -> str:
     """sha256 of the file's bytes: the same content ingested twice adds nothing."""
     with path.open("rb") as f:
@@ -81,7 +77,7 @@ _NUMERIC = re.compile(r"(U?(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT)|FLOAT|DOUBL
 
 def _timestamp_expr(column: str, type_name: str) -> str:
     """ts as a UTC wall time (no pytz round trip); text with a UTC offset ("+02", "Z") is converted to UTC."""
-    col = _ident(column)
+    col = sql_ident(column)
     if type_name.startswith("TIMESTAMP WITH TIME ZONE"):
         return f"timezone('UTC', {col})"
     if type_name == "VARCHAR":
@@ -99,7 +95,7 @@ def _raw_columns(sources: dict[str, str], types: dict[str, str]) -> dict[str, st
             return not type_name.startswith(("TIMESTAMP", "DATE"))
         return not _NUMERIC.fullmatch(type_name)
 
-    return {f"_{col}_raw": f"nullif(trim(CAST({_ident(src)} AS TEXT)), '')"
+    return {f"_{col}_raw": f"nullif(trim(CAST({sql_ident(src)} AS TEXT)), '')"
             for col, src in sources.items() if may_fail(col, types[src])}
 
 
@@ -133,18 +129,18 @@ def _generic_columns(
         "position": "TRY_CAST({} AS DOUBLE)",
         "features": "TRY_CAST({} AS DOUBLE[])",
     }
-    out = {col: expr.format(_ident(source[col])) for col, expr in exprs.items() if source[col] in columns}
+    out = {col: expr.format(sql_ident(source[col])) for col, expr in exprs.items() if source[col] in columns}
     out |= _raw_columns({col: source[col] for col in PARSED if source[col] in columns}, types)
     if source["context_id"] in columns:
-        out["context_id"] = key_text_sql(_ident(source["context_id"]), types[source["context_id"]])
+        out["context_id"] = key_text_sql(path, source["context_id"], types[source["context_id"]])
     if features:
         cols = _resolve_features(columns, features, path)
-        out["features"] = "[" + ", ".join(f"TRY_CAST({_ident(c)} AS DOUBLE)" for c in cols) + "]"
+        out["features"] = "[" + ", ".join(f"TRY_CAST({sql_ident(c)} AS DOUBLE)" for c in cols) + "]"
         out.pop("_features_raw", None)  # missing values show as NULL elements instead
     if source["ts"] in columns:
         out["ts"] = _timestamp_expr(source["ts"], types[source["ts"]])
     if source["event_id"] in columns:
-        out["source_event_id"] = key_text_sql(_ident(source["event_id"]), types[source["event_id"]])
+        out["source_event_id"] = key_text_sql(path, source["event_id"], types[source["event_id"]])
     return out
 
 
@@ -167,9 +163,9 @@ def _obd_columns(columns: list[str], types: dict[str, str], path: Path) -> dict[
         **_raw_columns({"position": "position", "ts": "timestamp"}, types),
     }
     if users:
-        out["context_id"] = "concat_ws('|', " + ", ".join(f"CAST({_ident(c)} AS TEXT)" for c in users) + ")"
+        out["context_id"] = "concat_ws('|', " + ", ".join(f"CAST({sql_ident(c)} AS TEXT)" for c in users) + ")"
     if affinities:
-        out["features"] = "[" + ", ".join(f"TRY_CAST({_ident(c)} AS DOUBLE)" for c in affinities) + "]"
+        out["features"] = "[" + ", ".join(f"TRY_CAST({sql_ident(c)} AS DOUBLE)" for c in affinities) + "]"
     return out
 
 

@@ -68,7 +68,7 @@ def add_policy(con: duckdb.DuckDBPyConnection, name: str, path: str | Path, repl
     missing = [c for c in POLICY_COLUMNS if c not in rel.columns]
     if missing:
         raise MvalError(f"{path}: missing column(s) {', '.join(missing)}; a policy file has columns context_id, action, prob")
-    context = key_text_sql("context_id", str(rel.types[rel.columns.index("context_id")]))
+    context = key_text_sql(path, "context_id", str(rel.types[rel.columns.index("context_id")]))
     con.register("staged_policy_raw", rel)
     try:
         con.execute(

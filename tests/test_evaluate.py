@@ -211,6 +211,11 @@ def test_features_use_a_cross_fitted_linear_model(tmp_path):
     truth = float((TARGET * (0.2 + 0.2 * np.arange(K) + 0.05 * np.arange(4)[:, None])).sum(axis=1).mean())
     dr = by_name(result)["dr"]
     assert abs(dr.estimate - truth) < 4 * dr.std_error
+    with open_store(path, read_only=True) as con:  # a reward model next to estimators that need none
+        from sklearn.linear_model import LogisticRegression
+
+        ips = evaluate_policy(con, "T", None, ["ips"], reward_model=LogisticRegression)
+    assert ips.reward_model is None and by_name(ips)["ips"].n == frame.height
 
 
 def test_all_skips_what_cannot_run_and_says_why(logs):

@@ -100,7 +100,16 @@ def tiny(levels, tmp_path_factory):
     run("probe", "--levels", levels, "--agent", folder / "agent0.safetensors", "--label", "move",
         "-o", folder / "move.safetensors")
     replace(load_probe(folder / "move.safetensors"), fingerprint=None).save(folder / "unrecorded.safetensors")
+    replace(load_probe(folder / "move.safetensors"), agent="shipped", fingerprint="0" * 16).save(folder / "stale.safetensors")
     return folder
+
+
+def test_a_probe_of_the_shipped_agent_as_it_was_asks_for_a_refit_only(levels, tiny):
+    """Fit on the shipped agent, whose weights have changed since: "omit --agent" would be no help."""
+    result = run("edit", "--levels", levels, "--probe", tiny / "stale.safetensors", ok=False)
+    assert result.exit_code == 2, result.output
+    assert "probe fit on the shipped agent (weights 0000000000000000), not on the shipped agent as it is now" in result.output
+    assert "omit --agent" not in result.output and "; refit the probe on the shipped agent" in result.output
 
 
 def test_a_probe_is_read_with_the_agent_it_was_fit_on(levels, tiny, tmp_path):

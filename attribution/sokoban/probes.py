@@ -154,7 +154,8 @@ class PlanProbe:
         here, there = _agent_label(name), _agent_label(self.agent)
         agent_option = "" if name == SHIPPED else f" --agent {name}"
         refit = f"refit the probe on {here} with `mval sokoban probe --levels LEVELS{agent_option} -o {path}`"
-        use = {None: "", name: "", SHIPPED: "omit --agent, or "}.get(self.agent, f"pass --agent {self.agent}, or ")
+        use = ("" if self.agent in (None, name) else "omit --agent, or " if self.agent == SHIPPED
+               else f"pass --agent {self.agent}, or ")
         if self.fingerprint is not None and self.fingerprint != (found := agent_fingerprint(agent)):
             now = " as it is now" if self.agent == name else ""  # e.g. training went on after the probe was fit
             raise MvalError(f"{path}: probe fit on {there} (weights {self.fingerprint}), not on {here}{now} "
