@@ -28,7 +28,7 @@ import polars as pl
 from mval.design import MvalProblem, balanced_variance, solve_exact
 from mval.design_cvxpy import solve_cvxpy
 from mval.errors import MvalError
-from mval.files import check_output_path, relation_for_file
+from mval.files import check_output_path, relation_for_file, write_output
 from mval.policies import load_policy, policy_frame, policy_names
 from mval.store import check_counted, load_sql, transaction
 
@@ -417,4 +417,4 @@ POLICY_FILE_TYPES = tuple(POLICY_WRITERS)
 def write_policy_file(policy: pl.DataFrame, path: str | Path) -> None:
     """The designed policy as CSV, Parquet or JSON (by extension), columns context_id, action, prob."""
     path = check_output_path(path, POLICY_FILE_TYPES)
-    POLICY_WRITERS[path.suffix.lower()](policy, path)
+    write_output(path, lambda buffer: POLICY_WRITERS[path.suffix.lower()](policy, buffer))

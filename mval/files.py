@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -97,6 +99,17 @@ def check_output_path(path: str | Path, suffixes: tuple[str, ...] | None = None,
     if suffixes is not None and path.suffix.lower() not in suffixes:
         raise MvalError(f"{flag} {path}: unknown file type {path.suffix or '(none)'}; use {', '.join(suffixes)}")
     return path
+
+
+def write_output(path: str | Path, write: Callable[[io.BytesIO], object]) -> None:
+    """Write a result file: `write` fills a buffer, then the bytes go to `path` in one call, so that a
+    failure (full disk, permissions) is one error naming the file, whichever library made the bytes."""
+    buffer = io.BytesIO()
+    write(buffer)
+    try:
+        Path(path).write_bytes(buffer.getvalue())
+    except OSError as e:
+        raise MvalError(f"{path}: cannot write ({e.strerror or e}); check free space and permissions") from e
 
 
 def output_file_option(ctx, param, value: str | None) -> str | None:

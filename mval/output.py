@@ -13,7 +13,7 @@ import click
 import polars as pl
 
 from mval.errors import MvalError
-from mval.files import check_output_path
+from mval.files import check_output_path, write_output
 
 TABLE_ROWS = 40  # rows shown on a terminal; csv/json/parquet are always complete
 TABLE_STR = 40  # characters shown per text cell on a terminal
@@ -71,13 +71,13 @@ def emit(data: pl.DataFrame | Sequence[dict], fmt: str, path: str | Path | None 
     if fmt == "parquet":
         if path is None:
             raise MvalError("--format parquet writes a binary file: give -o FILE.parquet")
-        to_frame(data).write_parquet(path)
+        write_output(path, to_frame(data).write_parquet)
         return
     text = render(data, fmt)
     if path is None:
         click.echo(text)
     else:
-        Path(path).write_text(text + "\n")
+        write_output(path, lambda buffer: buffer.write((text + "\n").encode()))
 
 
 def format_option(*choices: str, default: str = "table") -> Callable:

@@ -156,6 +156,25 @@ def test_a_policy_file_that_cannot_be_written_leaves_the_store_as_it_was(store, 
         assert con.execute("SELECT count(*) FROM policies WHERE policy = 'mval-A'").fetchall() == [(0,)]
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a device whose writes fail: disk full)")
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json"])
+def test_a_full_disk_is_one_line_and_leaves_the_store_as_it_was(store, tmp_path, suffix):
+    """Writes that fail with no file name (ENOSPC on close) or inside polars are named by the -o path;
+    polars' JSON writer, which swallows the error, included (the bytes are written by mval)."""
+    from cli import main
+
+    fill(store, tmp_path)
+    full = tmp_path / f"full{suffix}"
+    full.symlink_to("/dev/full")
+    res = CliRunner().invoke(main, ["design", str(store), "--target", "A", "--budget", "500", "-o", str(full)])
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert res.output.startswith(f"Error: {full}: cannot write (No space left on device)"), res.output
+    res = CliRunner().invoke(main, ["query", str(store), "SELECT 1 AS x", "--format", "csv", "-o", str(full)])
+    assert res.exit_code == 2 and "cannot write" in res.output, res.output
+    with open_store(store, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM policies WHERE policy = 'mval-A'").fetchall() == [(0,)]
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder")
 def test_an_unwritable_folder_is_refused_before_designing(store, tmp_path):
     from cli import main
