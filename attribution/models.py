@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -75,31 +75,39 @@ def check_layer(model: ConceptModel, layer: int) -> int:
     return layer
 
 
-_WEIGHT_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PINNED: dict[int, str] | None = None  # module id -> weights digest, while `pinned_fingerprints` is active
 
 
-def _weights_digest(module: torch.nn.Module) -> str:
-    """sha256 of the parameters and buffers (names, shapes, values), hashed again only when a tensor was
-    replaced or changed in place (torch's version counter moves on every in-place write, optimizer steps
-    and load_state_dict included): scorers ask once per batch, and hashing a 1B-parameter model takes seconds."""
-    state = sorted(module.state_dict().items())
-    stamp = tuple((name, t.data_ptr(), t._version) for name, t in state)
-    cached = _WEIGHT_DIGESTS.get(module)
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
+@contextmanager
+def pinned_fingerprints() -> Iterator[None]:
+    """Within the block, each module's weights are hashed once (scorers ask once per batch, and hashing a
+    1B-parameter model takes seconds): for a run in which the model does not change, e.g. `score_dataset`."""
+    global _PINNED
+    outer, _PINNED = _PINNED, ({} if _PINNED is None else _PINNED)
+    try:
+        yield
+    finally:
+        _PINNED = outer
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 of the module's parameters and buffers (names, shapes, values)."""
+    if _PINNED is not None and id(module) in _PINNED:
+        return _PINNED[id(module)]
     digest = hashlib.sha256()
-    for name, tensor in state:
+    for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    _WEIGHT_DIGESTS[module] = (stamp, digest.hexdigest())
+    if _PINNED is not None:
+        _PINNED[id(module)] = digest.hexdigest()
     return digest.hexdigest()
 
 
 def fingerprint(model: ConceptModel) -> str:
-    """sha256 of the module's weights (`_weights_digest`) and of whatever else decides its outputs
+    """sha256 of the module's weights (`weights_digest`) and of whatever else decides its outputs
     (`model.settings()`, if it has one: an LM's config and tokenizer): the key of cached gradients."""
-    digest = hashlib.sha256(_weights_digest(model.module).encode())
+    digest = hashlib.sha256(weights_digest(model.module).encode())
     settings = getattr(model, "settings", None)
     if settings is not None:
         digest.update(json.dumps(settings(), sort_keys=True, default=str).encode())

@@ -23,7 +23,7 @@ import polars as pl
 
 from attribution.concept import batches
 from attribution.examples import Example, examples_hash, load_examples
-from attribution.models import ConceptModel, fingerprint
+from attribution.models import ConceptModel, fingerprint, pinned_fingerprints, weights_digest
 from attribution.scorers import NEEDS_QUERIES, ScoreRequest, Scorer
 from mval.errors import MvalError
 from mval.progress import progress
@@ -48,7 +48,8 @@ def run_settings(model: ConceptModel, method: str, request: ScoreRequest, exampl
     """What determines the scores of a method; its hash is the run's fingerprint. Influence scores also
     depend on the whole dataset (the Hessian is fit on it): adding examples changes every score."""
     c = request.concept
-    settings = {"method": method, "model": fingerprint(model), "layer": c.layer, "position": c.position,
+    settings = {"method": method, "model": fingerprint(model), "weights": weights_digest(model.module),
+                "layer": c.layer, "position": c.position,
                 "direction": hashlib.sha256(c.vector.tobytes()).hexdigest(), "seed": request.seed}
     if method in NEEDS_QUERIES:
         settings["queries"] = examples_hash(request.queries)
@@ -75,13 +76,24 @@ def _check_run(con: duckdb.DuckDBPyConnection, dataset: str, method: str, concep
         return [(f"DELETE FROM scores {where}", key), (f"DELETE FROM score_runs {where}", key), record]
     rows = con.execute(f"SELECT fingerprint, settings FROM score_runs {where}", key).fetchall()
     if rows and rows[0][0] != digest:
-        old = json.loads(rows[0][1])
+        old = _recorded_settings(json.loads(rows[0][1]), settings)
+        if old == settings:
+            return []
         changed = sorted(k for k in settings.keys() | old.keys() if settings.get(k) != old.get(k))
         raise MvalError(
             f"dataset {dataset!r} already has {method} scores for concept {concept!r} made with a different "
             f"{', '.join(k.replace('_', ' ') for k in changed)}; use another --concept-name, or --replace to rescore"
         )
     return [] if rows else [record]
+
+
+def _recorded_settings(old: dict, now: dict) -> dict:
+    """A run's recorded settings in today's terms: runs recorded before the fingerprint covered the
+    config and tokenizer have no "weights", and their "model" is the weights' digest alone; such a run
+    counts as made by today's model when the weights match (a changed config cannot be told apart)."""
+    if "weights" in old or old.get("model") != now["weights"]:
+        return old
+    return old | {"model": now["model"], "weights": now["weights"]}
 
 
 def _unscored(con: duckdb.DuckDBPyConnection, dataset: str, method: str, concept: str) -> list[Example]:
@@ -122,6 +134,12 @@ def score_dataset(con: duckdb.DuckDBPyConnection, dataset: str, method: str, con
                   flush_seconds: float = 2.0) -> ScoreSummary:
     """Score every example of `dataset` not yet scored for (method, concept); commit at least every
     `flush_seconds`, and what is scored when an exception stops the run."""
+    with pinned_fingerprints():  # the model does not change during the run: hash its weights once
+        return _score_dataset(con, dataset, method, concept, model, scorer, request, replace, flush_seconds)
+
+
+def _score_dataset(con: duckdb.DuckDBPyConnection, dataset: str, method: str, concept: str, model: ConceptModel,
+                   scorer: Scorer, request: ScoreRequest, replace: bool, flush_seconds: float) -> ScoreSummary:
     start = time.perf_counter()
     examples = load_examples(con, dataset)
     total = len(examples)

@@ -130,15 +130,15 @@ def test_hidden_states_stop_at_the_layer_and_match_the_full_forward(tmp_path):
 
 
 def test_fingerprint_follows_in_place_changes_of_the_weights(model_dir):
-    """The weights' hash is reused until a tensor changes: an in-place edit, an optimizer step, a
-    load_state_dict and a replaced parameter each give a new fingerprint; undoing the edit the old one."""
+    """Outside a scoring run (`pinned_fingerprints`) every call hashes the weights: an in-place edit (also
+    through .data), an optimizer step, a load_state_dict and a replaced parameter each give a new
+    fingerprint; undoing the edit the old one."""
     model = load_hf_model(model_dir)
     first = fingerprint(model)
     assert fingerprint(model) == first
     weight = model.module.lm_head.weight
     saved = weight.detach().clone()
-    with torch.no_grad():
-        weight.add_(1.0)
+    weight.data.add_(1.0)  # .data writes move no version counter: a cache keyed on them would miss this
     edited = fingerprint(model)
     with torch.no_grad():
         weight.copy_(saved)

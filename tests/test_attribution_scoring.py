@@ -129,6 +129,30 @@ def test_rerun_with_other_settings_is_refused_unless_replaced(filled, model):
         assert replaced.scored == 23 and len(stored(con)) == 23
 
 
+def test_a_run_recorded_before_fingerprints_covered_the_config_still_resumes(filled, model):
+    """Older runs recorded the weights' digest alone as "model": with the same weights they resume (and the
+    score cache stays valid); with other weights they are refused as before."""
+    import hashlib
+    import json
+
+    from attribution.models import weights_digest
+
+    request = ScoreRequest(CONCEPT, batch_size=8)
+    with open_store(filled) as con:
+        with pytest.raises(KeyboardInterrupt):
+            score_dataset(con, "sft", "probe", "c", model, CrashAfter(make_scorer("probe", request), 1), request)
+        settings = json.loads(con.execute("SELECT settings FROM score_runs").fetchone()[0])
+        old = {k: v for k, v in settings.items() if k != "weights"} | {"model": weights_digest(model.module)}
+        text = json.dumps(old, sort_keys=True)
+        con.execute("UPDATE score_runs SET settings = ?, fingerprint = ?", [text, hashlib.sha256(text.encode()).hexdigest()])
+        resumed = score_dataset(con, "sft", "probe", "c", model, make_scorer("probe", request), request)
+        assert (resumed.scored, resumed.already_scored) == (15, 8) and len(stored(con)) == 23
+        other = old | {"model": "0" * 64}
+        con.execute("UPDATE score_runs SET settings = ?, fingerprint = 'x'", [json.dumps(other)])
+        with pytest.raises(MvalError, match="made with a different model, weights;"):
+            score_dataset(con, "sft", "probe", "c", model, make_scorer("probe", request), request)
+
+
 def test_a_run_that_fails_before_scoring_leaves_the_store_as_it_was(filled, model, tmp_path):
     """--replace deletes the old scores, and a new run is recorded, only together with the first new scores."""
     request = ScoreRequest(CONCEPT, batch_size=8)
