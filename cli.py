@@ -88,8 +88,9 @@ def _parse_map(pairs: tuple[str, ...]) -> dict[str, str]:
     mapping = {}
     for pair in pairs:
         store_col, sep, file_col = pair.partition("=")
-        if not sep or not store_col or not file_col:
-            raise MvalError(f"--map {pair}: expected STORE_COLUMN=FILE_COLUMN, e.g. --map reward=click")
+        if not sep or not store_col:
+            raise MvalError(f"--map {pair}: expected STORE_COLUMN=FILE_COLUMN, e.g. --map reward=click "
+                            "(or STORE_COLUMN= to leave an optional column of the file unread)")
         mapping[store_col] = file_col
     return mapping
 
@@ -101,7 +102,8 @@ def _parse_map(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="generic", show_default=True,
               help="generic: the store's column names; obd: the Open Bandit Dataset layout.")
 @click.option("--map", "mapping", multiple=True, metavar="STORE_COL=FILE_COL",
-              help="Rename a file column to a store column (repeatable).")
+              help="Rename a file column to a store column (repeatable); STORE_COL= leaves an optional "
+                   "column of the file unread (e.g. event_id=).")
 @click.option("--features", help="Gather these numeric columns into `features` (comma list, globs allowed: 'x_*').")
 @click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="How to print the result.")
@@ -129,6 +131,9 @@ def ingest(store: str, file: str, logger: str, fmt: str, mapping: tuple[str, ...
     else:
         already = f"; {result.already_stored} rows were already in the store" if result.already_stored else ""
         click.echo(f"ingested {result.rows} rows from {file} as logger {result.logger!r} (ingest {result.ingest_id}){already}")
+    if result.unchecked:
+        click.echo(f"note: logger {result.logger!r} has {result.unchecked} events ingested without event ids; rows of "
+                   f"{file} that repeat them were added again (no id to match)", err=True)
 
 
 @main.command()

@@ -59,6 +59,7 @@ class IngestResult:
     rows: int  # rows added to `events`
     already_stored: int  # rows whose event id the store already held for the logger, same content: skipped
     skipped: bool  # the same file content was ingested before: nothing read, nothing added
+    unchecked: int = 0  # events of the logger stored without an event id: a file with ids cannot match them
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,7 +115,9 @@ def _generic_columns(
         raise MvalError(f"--map {unknown[0]}=...: unknown store column; store columns are {', '.join(STORE_COLUMNS)}")
     source = {col: mapping.get(col, col) for col in STORE_COLUMNS}
     for col, src in mapping.items():
-        if src not in columns:
+        if src == "" and col in REQUIRED:
+            raise MvalError(f"--map {col}=: {col} is required; map it to a column of the file")
+        if src != "" and src not in columns:
             raise MvalError(f"{path}: --map {col}={src}: no column {src!r} in the file")
     missing = [f"{col} (file column {source[col]!r})" for col in REQUIRED if source[col] not in columns]
     if missing:
@@ -235,11 +238,12 @@ def _known_events(con: duckdb.DuckDBPyConnection, path: Path, column: str, logge
     if missing:
         more = f" ({missing - 1} more rows like it)" if missing > 1 else ""
         raise MvalError(f"{path}: row {missing_row}, column {column}: must be an event id, found missing{more}; "
-                        "give every row its id, or drop the column to ingest without duplicate checks")
+                        "give every row its id, or leave the ids unread with --map event_id= (no duplicate checks)")
     if repeated:
         more = f" ({repeated - 1} more rows like it)" if repeated > 1 else ""
-        raise MvalError(f"{path}: row {row}, column {column}: event id {event_id!r} repeats row {first_row}{more}; "
-                        "an event id names one event: drop the repeated rows or give them their own ids")
+        raise MvalError(f"{path}: row {row}, column {column}: event id {event_id!r} repeats row {first_row}{more} "
+                        "at the same position; an event id names one event (one slate position): drop the repeated "
+                        "rows or give them their own ids, or leave the ids unread with --map event_id=")
     con.execute(load_sql("ingest_known_events"), {"logger": logger})
     known, differ = con.execute("SELECT count(DISTINCT _row), count(DISTINCT _row) FILTER (differs IS NOT NULL) "
                                 "FROM staged_known").fetchall()[0]  # a row matches one stored event, unless added by hand
@@ -287,9 +291,12 @@ def ingest_file(
     try:
         _stage(con, path, exprs, rel.columns)
         rows = _validate(con, path)
+        unchecked = 0
         if "source_event_id" in exprs:
             known = _known_events(con, path, (mapping or {}).get("event_id", "event_id"), logger)
             con.execute(load_sql("ingest_new_rows"))
+            unchecked = con.execute("SELECT count(*) FROM events WHERE logger = ? AND source_event_id IS NULL",
+                                    [logger]).fetchall()[0][0]
         else:  # every row is new: the row number is the sequence (no sort)
             known = 0
             con.execute("CREATE OR REPLACE TEMP VIEW staged_new AS SELECT *, _row AS _seq FROM staged")
@@ -315,4 +322,4 @@ def ingest_file(
         con.execute("DROP TABLE IF EXISTS staged_known")
         con.execute("DROP VIEW IF EXISTS staged_checks")
         con.execute("DROP VIEW IF EXISTS staged")
-    return IngestResult(str(path), logger, int(ingest_id), int(rows), int(known), skipped=False)
+    return IngestResult(str(path), logger, int(ingest_id), int(rows), int(known), skipped=False, unchecked=int(unchecked))

@@ -386,10 +386,45 @@ def test_map_event_id_from_the_command_line(store, tmp_path):
     out = run_cli("ingest", store, tmp_path / "b.csv", "--logger", "prod", "--map", "event_id=my_id",
                   "--output", "json").output
     assert json.loads(out) == [{"path": str(tmp_path / "b.csv"), "logger": "prod", "ingest_id": 2, "rows": 4,
-                                "already_stored": 8, "skipped": False}]
+                                "already_stored": 8, "skipped": False, "unchecked": 0}]
     with open_store(store, read_only=True) as con:
         ids = [r[0] for r in con.execute("SELECT source_event_id FROM events ORDER BY event_id").fetchall()]
     assert ids == [f"e{i}" for i in range(12)]
+
+
+def test_a_slate_shares_one_event_id_across_positions(store, tmp_path):
+    """Per-position logs name an impression once for all its positions: (id, position) is the event."""
+    log = _log_with_ids(6, ids=["i1", "i1", "i2", "i2", "i3", "i3"]).with_columns(position=pl.Series([0, 1] * 3))
+    log[:4].write_csv(tmp_path / "a.csv")
+    log.write_csv(tmp_path / "b.csv")
+    with open_store(store) as con:
+        ingest_file(con, tmp_path / "a.csv", "prod")
+        again = ingest_file(con, tmp_path / "b.csv", "prod")
+        stored = con.execute("SELECT source_event_id, position FROM events ORDER BY event_id").fetchall()
+    assert (again.rows, again.already_stored) == (2, 4)
+    assert stored == [("i1", 0), ("i1", 1), ("i2", 0), ("i2", 1), ("i3", 0), ("i3", 1)]
+    log.with_columns(position=pl.Series([0, 0, 1, 0, 0, 1])).write_csv(tmp_path / "c.csv")
+    with open_store(store) as con, pytest.raises(MvalError, match=r"c.csv: row 2, .*'i1' repeats row 1 at the same position"):
+        ingest_file(con, tmp_path / "c.csv", "other")
+
+
+def test_ids_can_be_left_unread_and_events_stored_without_ids_are_reported(store, tmp_path):
+    """`--map event_id=` ingests a file whose ids are incomplete as a file without ids; a later file with
+    ids cannot match those events, and the command says so."""
+    from conftest import run_cli
+
+    log = _log_with_ids(6, ids=["a", None, "c", "d", "e", "f"])
+    log.write_csv(tmp_path / "partial.csv")
+    out = run_cli("ingest", store, tmp_path / "partial.csv", "--logger", "prod", "--map", "event_id=").output
+    assert out.startswith("ingested 6 rows")
+    _log_with_ids(6).write_csv(tmp_path / "full.csv")
+    result = run_cli("ingest", store, tmp_path / "full.csv", "--logger", "prod")
+    assert result.stdout.startswith("ingested 6 rows")
+    assert result.stderr == (f"note: logger 'prod' has 6 events ingested without event ids; rows of "
+                             f"{tmp_path / 'full.csv'} that repeat them were added again (no id to match)\n")
+    _log_with_ids(3, seed=1).write_csv(tmp_path / "new.csv")
+    bad = run_cli("ingest", store, tmp_path / "new.csv", "--logger", "x", "--map", "reward=", ok=False)
+    assert bad.exit_code == 2 and "--map reward=: reward is required" in bad.output
 
 
 def test_the_same_id_under_another_logger_is_another_event(store, tmp_path):
