@@ -117,7 +117,7 @@ class ReplayEnv(BanditEnv):
         outside = np.where(self.support, 0.0, policy).sum(axis=1).max()
         if outside > 1e-9:
             raise ValueError(f"policy puts {outside:.3g} of a context's mass on cells with no logged rows; restrict it first")
-        accept = (policy / np.where(self.logged_share > 0, self.logged_share, 1.0))[self.rows_context, self.rows_action]
+        accept = (policy / np.where(self.support, self.logged_share, 1.0))[self.rows_context, self.rows_action]
         accept = accept / accept.max()
         rate = float(accept.mean())
         chosen: list[np.ndarray] = []

@@ -143,8 +143,9 @@ def test_command_saves_and_writes(store, tmp_path):
 
 
 def test_a_policy_file_that_cannot_be_written_leaves_the_store_as_it_was(store, tmp_path):
-    """The file is written inside the transaction that saves the policy: an OS error (here a file name
-    longer than the file system takes) rolls the save back and prints one line, exit 2."""
+    """An OS error on the -o path (here a file name longer than the file system takes, which already the
+    up-front path check meets) is one line naming the file, exit 2, and nothing is saved. A write that
+    fails inside the save's transaction is the full-disk test below."""
     from cli import main
 
     fill(store, tmp_path)
