@@ -320,24 +320,24 @@ def evaluate_policy(
         sub = {k: v[rows] for k, v in cells.items()}
         present, logger_index = np.unique(sub["logger_index"], return_inverse=True)
         n_k = np.bincount(logger_index, weights=sub["count"])
-        def skip(name: str, why: str) -> None:
-            skipped.setdefault(name, why if group is None else f"position {group}: {why}")
+
+        def cannot_run(unable: Sequence[str], why: str) -> None:
+            """Estimators that cannot run on these rows: refused when named, listed in `skipped` under 'all'."""
+            if not everything:
+                raise MvalError(f"--estimator {unable[0]}: {why}")
+            for name in unable:
+                skipped.setdefault(name, why if group is None else f"position {group}: {why}")
 
         blocked, pibar = _check_support(names, policy, target, logger_probs, log, sub, present, logger_index, n_k)
         for name, why in blocked.items():
-            if not everything:
-                raise MvalError(f"--estimator {name}: {why}")
-            skip(name, why)
+            cannot_run([name], why)
         run = [n for n in names if n not in blocked]
         q_logged = q_target = None
         if any(n in NEEDS_MODEL for n in run):
             try:
                 q_logged, q_target, model_name = _reward_model(log, sub, rows, target, folds, reward_model, seed)
             except MvalError as e:  # e.g. too few rows to cross-fit: the model-based estimators cannot run
-                if not everything:
-                    raise
-                for name in (n for n in run if n in NEEDS_MODEL):
-                    skip(name, str(e))
+                cannot_run([n for n in run if n in NEEDS_MODEL], str(e))
                 run = [n for n in run if n not in NEEDS_MODEL]
         context, action = sub["context"], sub["action"]
         data = LoggedData(
@@ -349,9 +349,7 @@ def evaluate_policy(
             try:
                 results.append((group, make_estimator(name, clip, tau).estimate(data, n_boot, seed, level)))
             except MvalError as e:  # this estimator cannot run on these rows (e.g. too few per logger)
-                if not everything:
-                    raise
-                skip(name, str(e))
+                cannot_run([name], str(e))
     return Evaluation(policy, log.loggers, positions, model_name, tuple(results), skipped)
 
 
