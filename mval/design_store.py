@@ -152,6 +152,7 @@ def design_logging_policy(
         signed = target_pis
         costs = np.stack([pi**2 * s for pi in target_pis])
         costs = costs if objective == "minimax" else costs.mean(axis=0)
+    _check_costs(costs, estimator, second_moment_table is not None)
     alpha = est.rows / (est.rows + budget)
     reward = min_reward = None
     if min_reward_ratio is not None:
@@ -355,6 +356,18 @@ def _second_moments(est: LogEstimates, estimator: str, table: str | Path | pl.Da
         ctx = "(context-free)" if est.context_ids is None else repr(est.context_ids[x])
         raise MvalError(f"{where}: no s for context_id {ctx}, action {a}, where a target acts; add that row")
     return np.nan_to_num(s, nan=0.0)
+
+
+def _check_costs(costs: np.ndarray, estimator: str, from_table: bool) -> None:
+    """Refuse a problem where every cost pi_t^2 s is 0: every logging policy then predicts variance 0."""
+    if np.max(costs) > 1e-12:
+        return
+    why = ("the --second-moment table gives s = 0 wherever a target acts" if from_table
+           else "every logged reward is 0" if estimator == "ips"
+           else "the logged rewards never vary, so the reward model predicts each one exactly")
+    raise MvalError(f"nothing to design: {why}, so every logging policy predicts a standard error of 0; "
+                    "log rows with varying rewards first (any logging policy will do), or give --second-moment "
+                    "with the reward variances you expect")
 
 
 def _read_table(path: str | Path) -> pl.DataFrame:

@@ -21,13 +21,13 @@ from mval.store import open_store
 K = 3
 
 
-def fill(store, tmp_path, rows=400, seed=0, with_probs=True):
+def fill(store, tmp_path, rows=400, seed=0, with_probs=True, rewards=None):
     """Logger 'prod' (per-context distribution in action_probs), a contextual and a context-free target."""
     rng = np.random.default_rng(seed)
     ctx = rng.integers(4, size=rows)
     probs = rng.dirichlet(np.ones(K), size=4)
     action = (rng.random((rows, 1)) > np.cumsum(probs[ctx], axis=1)).sum(axis=1)
-    reward = (rng.random(rows) < 0.2 + 0.2 * action).astype(float)
+    reward = (rng.random(rows) < 0.2 + 0.2 * action).astype(float) if rewards is None else rewards
     with open_store(store) as con:
         con.execute(
             "INSERT INTO events SELECT i, 1, 'prod', 'c' || ctx, NULL, a, p, r, "
@@ -227,3 +227,21 @@ def test_refuses_rows_written_around_ingest(store, tmp_path):
         con.execute("INSERT INTO events VALUES (9999, 1, 'prod', 'c0', NULL, 0, 0.5, 1.0, NULL, NULL, NULL, NULL)")
         with pytest.raises(MvalError, match="event_cells count 400 of the chosen 401 events"):
             design_logging_policy(con, ["A"], 100)
+
+
+@pytest.mark.parametrize("estimator, reward, match", [
+    ("ips", 0.0, "every logged reward is 0"),
+    ("dr", 1.0, "the logged rewards never vary"),
+])
+def test_rewards_that_cannot_vary_are_refused(store, tmp_path, estimator, reward, match):
+    """Constant rewards (0 for IPS, any value for DR) predict a standard error of 0 for every pi1: refused."""
+    fill(store, tmp_path, rewards=np.full(400, reward))
+    with open_store(store) as con:
+        with pytest.raises(MvalError, match=match):
+            design_logging_policy(con, ["A", "B"], 600, estimator=estimator)
+
+
+def test_one_varying_reward_is_enough_to_design(store, tmp_path):
+    fill(store, tmp_path, rewards=np.r_[1.0, np.zeros(399)])
+    with open_store(store) as con:
+        assert design_logging_policy(con, ["A", "B"], 600).std_error > 0
