@@ -89,12 +89,16 @@ def check_output_path(path: str | Path, suffixes: tuple[str, ...] | None = None,
     """Refuse, before any work is done, an output file whose folder does not exist, that cannot be written
     or whose type is unknown."""
     path = Path(path)
-    if not path.parent.is_dir():
-        raise MvalError(f"{flag} {path}: folder {path.parent} does not exist; create it first")
-    if path.is_dir():
-        raise MvalError(f"{flag} {path}: is a folder; give a file name")
-    if not os.access(path if path.exists() else path.parent, os.W_OK):
-        raise MvalError(f"{flag} {path}: {'file' if path.exists() else 'folder ' + str(path.parent)} is not writable; "
+    try:
+        if not path.parent.is_dir():
+            raise MvalError(f"{flag} {path}: folder {path.parent} does not exist; create it first")
+        if path.is_dir():
+            raise MvalError(f"{flag} {path}: is a folder; give a file name")
+        exists = path.exists()
+    except OSError as e:  # e.g. a name longer than the file system takes
+        raise MvalError(f"{flag} {path}: {e.strerror or e}; choose another path") from e
+    if not os.access(path if exists else path.parent, os.W_OK):
+        raise MvalError(f"{flag} {path}: {'file' if exists else 'folder ' + str(path.parent)} is not writable; "
                         "choose another path or fix its permissions")
     if suffixes is not None and path.suffix.lower() not in suffixes:
         raise MvalError(f"{flag} {path}: unknown file type {path.suffix or '(none)'}; use {', '.join(suffixes)}")

@@ -144,15 +144,15 @@ def test_command_saves_and_writes(store, tmp_path):
 
 def test_a_policy_file_that_cannot_be_written_leaves_the_store_as_it_was(store, tmp_path):
     """An OS error on the -o path (here a file name longer than the file system takes, which already the
-    up-front path check meets) is one line naming the file, exit 2, and nothing is saved. A write that
-    fails inside the save's transaction is the full-disk test below."""
+    up-front path check meets) is one line naming the flag and the file, exit 2, and nothing is saved. A
+    write that fails inside the save's transaction is the full-disk test below."""
     from cli import main
 
     fill(store, tmp_path)
     out = tmp_path / ("x" * 300 + ".csv")
     res = CliRunner().invoke(main, ["design", str(store), "--target", "A", "--budget", "500", "-o", str(out)])
     assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
-    assert res.output.startswith(f"Error: {out}: File name too long"), res.output
+    assert res.output.startswith(f"Error: -o {out}: File name too long; choose another path"), res.output
     with open_store(store, read_only=True) as con:
         assert con.execute("SELECT count(*) FROM policies WHERE policy = 'mval-A'").fetchall() == [(0,)]
 
