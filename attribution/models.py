@@ -52,6 +52,8 @@ class ConceptModel(Protocol):
     - `example_losses(batch)`: [B] training loss of each example (mean token NLL for an LM).
     - optional `settings()`: a JSON-able dict of what else decides the outputs (config, tokenizer); it
       enters the model's fingerprint, so cached gradients and score runs notice a change.
+    - optional `check_concept(concept)`: raise MvalError for a concept (`ProbeDirection`) made for another
+      model, beyond layer range and width (e.g. a Sokoban plan concept from another agent).
     """
 
     module: torch.nn.Module

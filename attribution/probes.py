@@ -36,6 +36,7 @@ class ProbeDirection:
     bias: float = 0.0
     source: str = "logistic"
     held_out_accuracy: float | None = None
+    model: str | None = None  # fingerprint of the model it only fits (Sokoban plan concepts); None: any model
 
     @property
     def d_model(self) -> int:
@@ -46,13 +47,19 @@ class ProbeDirection:
                 "held_out_accuracy": self.held_out_accuracy, "norm": float(np.linalg.norm(self.vector))}
 
     def check_fits(self, model: ConceptModel) -> None:
+        """Layer and width, and whatever else the model checks (`model.check_concept`, if it has one)."""
         check_layer(model, self.layer)
         if self.d_model != model.d_model:
             raise MvalError(f"concept direction has {self.d_model} dims but the model's activations have "
                             f"{model.d_model}; train or bring a direction for this model")
+        check_concept = getattr(model, "check_concept", None)
+        if check_concept is not None:
+            check_concept(self)
 
     def save(self, path: str | Path) -> Path:
         meta = {"format": FORMAT, **{k: str(v) for k, v in self.to_dict().items() if k != "norm"}}
+        if self.model is not None:
+            meta["model"] = self.model
         save_file({"direction": self.vector.astype(np.float32), "bias": np.array([self.bias], np.float32)},
                   str(path), metadata=meta)
         return Path(path)
@@ -68,7 +75,8 @@ def load_probe(path: str | Path) -> ProbeDirection:
         raise MvalError(f"--concept {path}: inconsistent metadata {meta}; retrain the probe")
     accuracy = meta.get("held_out_accuracy", "None")
     return ProbeDirection(vector.astype(np.float32), int(meta["layer"]), meta["position"], float(bias[0]),
-                          meta.get("source", "logistic"), None if accuracy == "None" else float(accuracy))
+                          meta.get("source", "logistic"), None if accuracy == "None" else float(accuracy),
+                          meta.get("model"))
 
 
 @dataclass(frozen=True)

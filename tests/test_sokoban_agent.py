@@ -116,3 +116,37 @@ def test_a_resume_after_a_kill_leaves_only_the_episodes_its_checkpoint_covers(tm
         assert (unsaved / name).read_text() == before
         after = (clean / name).read_text()
         assert after.startswith(before) and len(after) > len(before) and (killed / name).read_text() == after
+
+
+def _two_update_run(tmp_path) -> tuple[TrainConfig, TrainConfig]:
+    """A tiny run checkpointed after 2 updates, in tmp_path / "run", and its config made 2 updates longer."""
+    write_levels(tmp_path / "tiny.txt", stack_levels([parse_levels(t)[0] for t in TINY]))
+    cfg = TrainConfig(levels=str(tmp_path / "tiny.txt"), agent=DRCConfig(1, 1, 4, 4, 7, hidden=16), num_envs=4,
+                      rollout=4, imitation_steps=2 * 16, max_steps=3, seed=0)
+    Trainer(cfg, tmp_path / "run").run()
+    return cfg, replace(cfg, imitation_steps=4 * 16)
+
+
+def test_a_save_killed_while_writing_leaves_the_last_checkpoint_whole(tmp_path, monkeypatch):
+    _, longer = _two_update_run(tmp_path)
+    run = tmp_path / "run"
+    saved = {name: (run / name).read_bytes() for name in ("agent.safetensors", "optimizer.safetensors")}
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("attribution.sokoban.train.save_file", killed)  # after the agent, before the optimizer
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(longer, run).run()
+    monkeypatch.undo()
+    assert {name: (run / name).read_bytes() for name in saved} == saved
+    resumed = Trainer(longer, run)
+    assert resumed.updates == 2 and resumed.run().updates == 4 and not list(run.glob("*.tmp"))
+
+
+def test_a_checkpoint_cut_off_between_its_renames_is_refused_on_resume(tmp_path):
+    cfg, longer = _two_update_run(tmp_path)
+    torch.manual_seed(1)
+    save_agent(DRC(cfg.agent), tmp_path / "run" / "agent.safetensors")  # the next agent, renamed in before state.json
+    with pytest.raises(MvalError, match=r"run: agent.safetensors is not the one state.json was saved with .*new -o$"):
+        Trainer(longer, tmp_path / "run")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import duckdb
 import numpy as np
@@ -234,6 +235,14 @@ def test_bad_input_is_refused_in_one_line(level_file, concept_file, tmp_path):
     mval("sokoban", "dataset", big, "-o", tmp_path / "big.jsonl", "--store", store, "--dataset", "big")
     refused("score", store, "--dataset", "big", "--method", "probe", "--model", SHIPPED_AGENT,
             "--concept", concept_file, match="trained on 6x6")
+    c = load_agent(SHIPPED_AGENT).config.channels
+    made = PlanProbe(np.eye(5, c), np.zeros(5), np.zeros(c), np.ones(c), "h1", "box", fingerprint="0" * 16)
+    plan_concept(made, "left", 2).save(tmp_path / "other-agent.safetensors")
+    refused(*base, "--model", SHIPPED_AGENT, "--concept", tmp_path / "other-agent.safetensors",
+            match="made for the agent with weights 0000000000000000, not this one")
+    plan_concept(replace(made, fingerprint=None), "left", 3, "player").save(tmp_path / "deeper.safetensors")
+    refused(*base, "--model", SHIPPED_AGENT, "--concept", tmp_path / "deeper.safetensors",  # layer 1 + 3, not 1 + 2
+            match="made from h1 of an agent of another depth (layer 4; this agent of depth 2 reads it at 3)")
     probe = PlanProbe(*(np.zeros((5, 4)), np.zeros(5), np.zeros(4), np.ones(4)), "obs", "box")
     with pytest.raises(MvalError, match="one layer's state"):
         plan_concept(probe, "left", 2)

@@ -208,13 +208,13 @@ def probe(levels_path, agent, label, test_fraction, thinking_steps, top, output,
     channels = rank_channels(test, top)
     layer_scores = [s for s in scores if s.source not in ("obs", "all")]
     best = max(layer_scores, key=lambda s: s.macro_f1)
+    fit_on = replace(probes[best.source], agent=agent or SHIPPED, fingerprint=agent_fingerprint(model))
     if output is not None:
-        fit_on = replace(probes[best.source], agent=agent or SHIPPED, fingerprint=agent_fingerprint(model))
         fit_on.save(output, {"macro_f1": best.macro_f1})
     if concept_out is not None:
         from attribution.sokoban.concept_model import plan_concept
 
-        plan_concept(probes[best.source], direction, model.config.layers, squares).save(concept_out)
+        plan_concept(fit_on, direction, model.config.layers, squares).save(concept_out)
     if fmt == "json":
         click.echo(json.dumps({
             "probes": [s.to_dict() for s in scores],

@@ -19,6 +19,7 @@ recurrent net cannot see from earlier steps), so per-example gradients run under
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from attribution.examples import Example
 from attribution.models import Batch
 from attribution.probes import ProbeDirection
-from attribution.sokoban.agent import DRC, load_agent
+from attribution.sokoban.agent import DRC, agent_fingerprint, load_agent
 from attribution.sokoban.dataset import decode, replay
 from attribution.sokoban.levels import ACTIONS
 from attribution.sokoban.probes import PlanProbe
@@ -99,6 +100,21 @@ class AgentConceptModel:
     def hidden_states(self, batch: Batch, layer: int) -> torch.Tensor:
         return self._run(batch.inputs["obs"], layer)[0]
 
+    def check_concept(self, concept: ProbeDirection) -> None:
+        """Refuse a plan concept made for another agent: its layer number means other squares at another
+        depth (layer D + d), and its fingerprint, where recorded, names the agent it was made for."""
+        parsed = _CONCEPT_SOURCE.fullmatch(concept.source)
+        remake = "remake it with `mval sokoban concept PROBE --agent THIS_AGENT -o CONCEPT`"
+        if parsed is not None:
+            depth = self.module.config.layers
+            expected = int(parsed["d"]) + (depth if parsed["player"] else 0)
+            if concept.layer != expected:
+                raise MvalError(f"--concept: made from {parsed['state']} of an agent of another depth (layer "
+                                f"{concept.layer}; this agent of depth {depth} reads it at {expected}); {remake}")
+        if concept.model is not None and concept.model != (found := agent_fingerprint(self.module)):
+            raise MvalError(f"--concept: made for the agent with weights {concept.model}, not this one "
+                            f"(weights {found}); {remake}")
+
     def example_losses(self, batch: Batch) -> torch.Tensor:
         _, logits = self._run(batch.inputs["obs"], None)
         targets = batch.inputs["targets"]
@@ -124,6 +140,7 @@ def load_agent_model(path: str | Path) -> AgentConceptModel:
 
 
 SQUARES = ("all", "player")
+_CONCEPT_SOURCE = re.compile(r"sokoban-\w+-probe:(?P<state>[hc](?P<d>\d+)):\w+(?P<player>:player)?")
 
 
 def plan_concept(probe: PlanProbe, direction: str | int, n_layers: int, squares: str | None = None) -> ProbeDirection:
@@ -150,4 +167,5 @@ def plan_concept(probe: PlanProbe, direction: str | int, n_layers: int, squares:
     vector = np.concatenate([u, zeros] if kind == "h" else [zeros, u])
     at_player = squares == "player"
     source = f"sokoban-{probe.label}-probe:{probe.source}:{ACTIONS[d]}" + (":player" if at_player else "")
-    return ProbeDirection(vector, int(layer) + (n_layers if at_player else 0), "mean", 0.0, source)
+    return ProbeDirection(vector, int(layer) + (n_layers if at_player else 0), "mean", 0.0, source,
+                          model=probe.fingerprint)

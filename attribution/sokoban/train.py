@@ -8,7 +8,9 @@ with GAE(gamma, lambda) advantages A and returns R. Imitation phase: CE only plu
 follow the expert with probability beta (decaying to 0 over the first half) and the agent's own samples
 otherwise (DAgger), and deadlocked boards restart at once. Actor-critic phase: PG + value + entropy.
 
-A run directory holds agent.safetensors, optimizer.safetensors, state.json (resume point),
+A run directory holds agent.safetensors, optimizer.safetensors, state.json (resume point; it records the
+sha256 of the agent and optimizer files it belongs to, and a checkpoint renames all three into place from
+temporary files, state.json last, so a resume refuses a checkpoint cut off between its renames),
 levels.txt (the training levels, example id = index), episodes.csv (one row per finished episode:
 level, phase, env step, length, return, solved) and episodes.jsonl (each finished episode's moves,
 taught actions and rewards: the per-level record that attribution builds on). state.json records how
@@ -19,6 +21,7 @@ A resumed run restarts its boards from the level starts, seeded by the update co
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -37,6 +40,7 @@ from mval.errors import MvalError
 from mval.progress import progress
 
 EPISODE_FILES = ("episodes.csv", "episodes.jsonl")
+CHECKPOINT_FILES = ("agent.safetensors", "optimizer.safetensors")  # state.json records their sha256
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,11 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last: 
     return adv, adv + values
 
 
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _adam_state_tensors(opt: torch.optim.Optimizer, agent: DRC) -> dict[str, torch.Tensor]:
     names = {id(p): n for n, p in agent.named_parameters()}
     out = {}
@@ -147,6 +156,7 @@ class Trainer:
                     f"{self.out}: holds a run with different settings ({', '.join(changed)}); resume with the "
                     "same options (only --imitation-steps/--rl-steps may grow) or use a new -o"
                 )
+            self._check_checkpoint(saved.get("sha256", {}))
             self.env_steps, self.updates = saved["env_steps"], saved["updates"]
             self.agent = load_agent(self.out / "agent.safetensors")
             self.agent.train()
@@ -176,6 +186,15 @@ class Trainer:
         write_levels(cached, levels)
         return levels
 
+    def _check_checkpoint(self, recorded: dict[str, str]) -> None:
+        """Refuse agent or optimizer files other than those state.json was saved with (`recorded`: name -> sha256;
+        empty in runs saved before it was recorded)."""
+        for name, digest in recorded.items():
+            path = self.out / name
+            if not path.is_file() or _sha256(path) != digest:
+                raise MvalError(f"{self.out}: {name} is not the one state.json was saved with (a checkpoint cut off "
+                                "mid-save); delete the folder to train afresh, or train into a new -o")
+
     def _drop_unsaved_episodes(self, saved_bytes: dict[str, int]) -> None:
         """Cut each episodes file back to the bytes the checkpoint covers (none: remove it)."""
         for name, size in saved_bytes.items():
@@ -186,13 +205,17 @@ class Trainer:
                 os.truncate(path, size)
 
     def save(self) -> None:
-        save_agent(self.agent, self.out / "agent.safetensors", {"env_steps": self.env_steps})
-        save_file(_adam_state_tensors(self.opt, self.agent), str(self.out / "optimizer.safetensors"))
+        """Checkpoint: write each file under a temporary name, then rename them into place, state.json last."""
+        staged = {name: self.out / f"{name}.tmp" for name in (*CHECKPOINT_FILES, "state.json")}
+        save_agent(self.agent, staged["agent.safetensors"], {"env_steps": self.env_steps})
+        save_file(_adam_state_tensors(self.opt, self.agent), str(staged["optimizer.safetensors"]))
         files = {name: self.out / name for name in EPISODE_FILES}
         sizes = {name: path.stat().st_size if path.is_file() else 0 for name, path in files.items()}
         state = {"config": self.config.to_dict(), "env_steps": self.env_steps, "updates": self.updates,
-                 "episode_bytes": sizes}
-        (self.out / "state.json").write_text(json.dumps(state, indent=1))
+                 "episode_bytes": sizes, "sha256": {name: _sha256(staged[name]) for name in CHECKPOINT_FILES}}
+        staged["state.json"].write_text(json.dumps(state, indent=1))
+        for name, path in staged.items():
+            path.replace(self.out / name)
 
     def _record(self, episode: dict, phase: str) -> None:
         done = episode["level_id"] >= 0
