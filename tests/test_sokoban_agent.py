@@ -150,3 +150,12 @@ def test_a_checkpoint_cut_off_between_its_renames_is_refused_on_resume(tmp_path)
     save_agent(DRC(cfg.agent), tmp_path / "run" / "agent.safetensors")  # the next agent, renamed in before state.json
     with pytest.raises(MvalError, match=r"run: agent.safetensors is not the one state.json was saved with .*new -o$"):
         Trainer(longer, tmp_path / "run")
+
+
+def test_a_fresh_start_does_not_reuse_the_levels_of_a_run_killed_before_its_first_checkpoint(tmp_path):
+    cfg, _ = _two_update_run(tmp_path)
+    run = tmp_path / "run"
+    (run / "state.json").unlink()  # as if killed before the first checkpoint: levels.txt is there, state.json not
+    other = tmp_path / "other.txt"
+    write_levels(other, stack_levels([parse_levels(t)[0] for t in TINY[:1]]))
+    assert len(Trainer(replace(cfg, levels=str(other)), run).levels) == 1

@@ -161,10 +161,13 @@ class Trainer:
             self.agent = load_agent(self.out / "agent.safetensors")
             self.agent.train()
             self._drop_unsaved_episodes(saved.get("episode_bytes", {}))
-        else:
+        else:  # a fresh start; a run killed before its first checkpoint leaves files that other options made
             torch.manual_seed(config.seed)
             self.agent = DRC(config.agent)
             self._drop_unsaved_episodes(dict.fromkeys(EPISODE_FILES, 0))
+            cached = self.out / "levels.txt"
+            if config.levels is None or not cached.is_file() or not cached.samefile(config.levels):
+                cached.unlink(missing_ok=True)
         self.levels = self._levels()
         self.agent.check_board(*self.levels.shape)
         self.opt = torch.optim.Adam(self.agent.parameters(), lr=config.lr)
