@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 
 from mval.errors import MvalError
 from mval.files import file_reader, key_text_sql, relation_for_file, sql_ident, table_sql
@@ -43,6 +44,8 @@ RULES = {
         "a distribution over actions (sums to 1, covers the action, equals propensity at the action)",
         "log the logger's full distribution or drop the column",
     ),
+    "nested_features": ("features", "a flat list of numbers",
+                        "write one list of numbers per row (its context vector), like [0.1, 2], not a list of lists"),
     "bad_features": ("features", "finite numbers only",
                      "write a list like [0.1, 2] (or name numeric columns with --features) and fill or drop missing values"),
     "bad_ts": ("ts", "a timestamp", "use ISO 8601 (2024-01-31 12:00:00)"),
@@ -193,8 +196,10 @@ def _stage(con: duckdb.DuckDBPyConnection, path: Path, exprs: dict[str, str], co
 
 
 def _first_violation(con: duckdb.DuckDBPyConnection, path: Path, rule: str, count: int) -> MvalError:
+    """The error for the first row that fails `rule`, showing the value as the file writes it where the
+    file's text is kept (a failed cast would show [NULL, NULL] for [[1, 2], [3]])."""
     column, must_be, fix = RULES[rule]
-    shown = f"coalesce(CAST(s.{column} AS TEXT), s._{column}_raw)" if column in PARSED else f"CAST(s.{column} AS TEXT)"
+    shown = f"coalesce(s._{column}_raw, CAST(s.{column} AS TEXT))" if column in PARSED else f"CAST(s.{column} AS TEXT)"
     row, value = con.execute(
         f"SELECT c._row, {shown} FROM staged_checks c JOIN staged s USING (_row) "
         f"WHERE c.{rule} ORDER BY c._row LIMIT 1"
@@ -264,6 +269,70 @@ def _known_events(con: duckdb.DuckDBPyConnection, path: Path, column: str, logge
     return known
 
 
+def _already_ingested(path: Path, logger: str, ingest_id: int, stored_logger: str) -> IngestResult:
+    """The same file content was ingested before (ingest `ingest_id`): nothing to add for the same logger;
+    another logger is refused, since one file's events cannot come from two loggers."""
+    if stored_logger != logger:
+        raise MvalError(f"{path}: already ingested as logger {stored_logger!r} (ingest {ingest_id}); the same events "
+                        f"cannot come from two loggers, so nothing was added for {logger!r} and they stay stored under "
+                        f"{stored_logger!r} (mval has no command to rename or delete an ingest)")
+    return IngestResult(str(path), logger, ingest_id, 0, 0, skipped=True)
+
+
+def _csv_header(con: duckdb.DuckDBPyConnection, path: Path, width: int) -> list[str | None]:
+    """The names of a CSV file's header line as written and trimmed (None: unnamed, or no header line),
+    read with the dialect that DuckDB detects for `read_csv(all_varchar = true)`, as the file is staged."""
+    has_header, *dialect = con.execute(
+        "SELECT HasHeader, SkipRows, Delimiter, Quote, Escape, Comment, NewLineDelimiter "
+        "FROM sniff_csv(?, all_varchar = true)", [str(path)]).fetchall()[0]
+    if not has_header:
+        return [None] * width
+    skip, delim, quote, escape, comment, new_line = ("" if v == "(empty)" else v for v in dialect)
+    names = con.execute(load_sql("ingest_csv_header"), {
+        "path": str(path), "columns": {f"c{i}": "VARCHAR" for i in range(width)}, "skip": skip, "delim": delim,
+        "quote": quote, "escape": escape, "comment": comment, "new_line": new_line}).fetchall()[0]
+    return [name.strip() or None if name else None for name in names]
+
+
+def _check_unique_names(con: duckdb.DuckDBPyConnection, path: Path, columns: list[str]) -> None:
+    """Refuse a file that names two columns alike (case-insensitive, as DuckDB compares them): DuckDB reads
+    the second `action` as `action_1`, and ingest would take the first without a word. The names as
+    written come from a CSV file's header line or a Parquet file's schema (its footer); DuckDB's JSON
+    reader refuses a key repeated in one object itself (see `_read_error`)."""
+    reader = file_reader(path)
+    if reader == "read_csv":
+        names = _csv_header(con, path, len(columns))
+    elif reader == "read_parquet":
+        names = pq.read_schema(path).names
+    else:
+        return
+    first: dict[str, int] = {}
+    for number, name in enumerate(names, 1):
+        if name is None:
+            continue
+        earlier = first.setdefault(name.lower(), number)
+        if earlier != number:
+            spelled = names[earlier - 1]
+            case = "" if spelled == name else f", the first spelled {spelled!r}; names are case-insensitive"
+            raise MvalError(f"{path}: column {name!r} appears twice (columns {earlier} and {number}{case}); "
+                            "rename or drop one of them")
+
+
+# DuckDB's JSON reader on an object with a repeated key (first line of its message)
+_REPEATED_KEY = re.compile(r'in (line|record)(?:/value)? (\d+): Object .* has duplicate key "(.*)"$')
+
+
+def _read_error(path: Path, e: duckdb.Error) -> MvalError:
+    """A DuckDB error while the file is read or stored, as one line; a JSON object with a repeated key
+    names the line and the key."""
+    message = str(e).splitlines()[0]
+    repeated = _REPEATED_KEY.search(message)
+    if repeated:
+        where, number, key = repeated.groups()
+        return MvalError(f"{path}: {where} {number}: key {key!r} appears twice in one object; keep one of them")
+    return MvalError(f"{path}: ingest failed, store unchanged ({message})")
+
+
 def ingest_file(
     con: duckdb.DuckDBPyConnection,
     path: str | Path,
@@ -282,7 +351,8 @@ def ingest_file(
     digest = content_hash(path)
     seen = con.execute("SELECT ingest_id, logger FROM ingests WHERE content_hash = ?", [digest]).fetchall()
     if seen:
-        return IngestResult(str(path), seen[0][1], seen[0][0], 0, 0, skipped=True)
+        return _already_ingested(path, logger, *seen[0])
+    _check_unique_names(con, path, rel.columns)
     types = dict(zip(rel.columns, (str(t) for t in rel.types)))
     if fmt == "obd":
         exprs = _obd_columns(rel.columns, types, path)
@@ -316,7 +386,7 @@ def ingest_file(
             )
             add_event_cells(con, ingest_id)
     except duckdb.Error as e:
-        raise MvalError(f"{path}: ingest failed, store unchanged ({str(e).splitlines()[0]})") from e
+        raise _read_error(path, e) from e
     finally:
         con.execute("DROP VIEW IF EXISTS staged_new")
         con.execute("DROP TABLE IF EXISTS staged_known")

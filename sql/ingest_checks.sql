@@ -2,7 +2,7 @@
 -- unparseable values arrive as NULL; `_<column>_raw` keeps the file's text of the optional parsed
 -- columns, so a value that is there but does not parse is refused instead of stored as missing).
 -- `mval ingest` counts each rule in one scan and, only when a rule fails, looks up the first
--- failing row for the error message.
+-- failing row for the error message (showing the file's text of the value where it has one).
 CREATE OR REPLACE TEMP VIEW staged_checks AS
 SELECT
     _row,
@@ -19,5 +19,8 @@ SELECT
               OR abs(action_probs[CAST(action AS BIGINT) + 1] - propensity) > 1e-6 END AS bad_action_probs,
     CASE WHEN features IS NULL THEN _features_raw IS NOT NULL
          ELSE list_bool_or([f IS NULL OR NOT isfinite(f) FOR f IN features]) END    AS bad_features,
+    -- a list inside the list ([[1, 2], [3]], [1, [2]]) casts to NULL elements: say so (refused rows only)
+    CASE WHEN bad_features THEN coalesce(regexp_matches(_features_raw, '^\s*\[[^\]]*\['), false)
+         ELSE false END                                                           AS nested_features,
     _ts_raw IS NOT NULL AND ts IS NULL                                            AS bad_ts
 FROM staged;

@@ -1,7 +1,11 @@
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import generic_log, write_obd_csv
 
@@ -80,6 +84,24 @@ def test_same_content_twice_adds_nothing(store, tmp_path):
     assert (first.skipped, again.skipped, again.rows, rows) == (False, True, 0, 30)
 
 
+def test_same_content_under_another_logger_is_refused_and_store_is_unchanged(store, tmp_path):
+    """One file's events cannot come from two loggers: the hash skip holds for the same logger only."""
+    from conftest import run_cli
+
+    generic_log(rows=30).write_parquet(tmp_path / "a.parquet")
+    generic_log(rows=30).write_parquet(tmp_path / "copy.parquet")
+    run_cli("ingest", store, tmp_path / "a.parquet", "--logger", "prod")
+    before = _all_tables(store)
+    result = run_cli("ingest", store, tmp_path / "copy.parquet", "--logger", "canary", ok=False)
+    assert result.exit_code == 2
+    assert result.output == (f"Error: {tmp_path / 'copy.parquet'}: already ingested as logger 'prod' (ingest 1); "
+                             "the same events cannot come from two loggers, so nothing was added for 'canary' and they "
+                             "stay stored under 'prod' (mval has no command to rename or delete an ingest)\n")
+    after = _all_tables(store)
+    for table in before:
+        assert before[table].equals(after[table]), table
+
+
 def test_event_ids_continue_across_ingests(store, tmp_path):
     generic_log(rows=10, seed=1).write_parquet(tmp_path / "a.parquet")
     generic_log(rows=7, seed=2).drop("features", "action_probs").write_csv(tmp_path / "b.csv")
@@ -125,7 +147,7 @@ BAD_ROWS = [
     ("features", "1;2", "row 3, column features: must be finite numbers only, found 1;2"),
     ("features", [1.0, "inf"], "row 3, column features: must be finite numbers only"),
     ("action_probs", "0.5 0.5", "row 3, column action_probs: must be a distribution .* found 0.5 0.5"),
-    ("action_probs", [0.5, 0.5, None], r"row 3, column action_probs: must be a distribution .* found \[0.5, 0.5, NULL\]"),
+    ("action_probs", [0.5, 0.5, None], r"row 3, column action_probs: must be a distribution .* found \[0.5,0.5,null\]"),
     ("position", "abc", "row 3, column position: must be a non-negative integer or empty, found abc"),
     ("ts", "yesterday", "row 3, column ts: must be a timestamp, found yesterday"),
 ]
@@ -169,6 +191,69 @@ def test_values_after_the_first_rows_keep_their_type(store, tmp_path, suffix):
             ingest_file(con, tmp_path / f"action{suffix}", "b")
 
 
+def _write_log(path: Path, names: list[str]) -> None:
+    """Two rows of a log under the column names `names` (action, propensity, reward, then one more int)."""
+    if path.suffix == ".parquet":  # pyarrow writes a repeated name, polars would not
+        pq.write_table(pa.table([[0, 1], [0.5, 0.5], [1.0, 0.0], [3, 3]], names=names), path)
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(dict(zip(names, row))) + "\n" for row in [(0, 0.5, 1), (1, 0.5, 0)])
+                        .replace("}\n", f', "{names[3]}": 3}}\n'))
+    else:
+        path.write_text(",".join(names) + "\n0,0.5,1,3\n1,0.5,0,3\n")
+
+
+@pytest.mark.parametrize("name, first, match", [
+    ("f.csv", "action", r"column 'action' appears twice \(columns 1 and 4\)"),
+    ("f.csv", "Action", r"column 'action' appears twice \(columns 1 and 4, the first spelled 'Action'; "
+                        r"names are case-insensitive\)"),
+    ("f.parquet", "action", r"column 'action' appears twice \(columns 1 and 4\)"),
+    ("f.jsonl", "action", r"line 1: key 'action' appears twice in one object"),
+])
+def test_repeated_column_names_are_refused_and_store_is_unchanged(store, tmp_path, name, first, match):
+    """DuckDB renames a repeated column (action, action_1): ingest would read the first one silently."""
+    generic_log(rows=5).write_parquet(tmp_path / "good.parquet")
+    with open_store(store) as con:
+        ingest_file(con, tmp_path / "good.parquet", "a")
+    before = _all_tables(store)
+    _write_log(tmp_path / name, [first, "propensity", "reward", "action"])
+    with open_store(store) as con, pytest.raises(MvalError, match=rf"{re.escape(name)}: {match}; "):
+        ingest_file(con, tmp_path / name, "b")
+    after = _all_tables(store)
+    for table in before:
+        assert before[table].equals(after[table]), table
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_a_column_named_like_a_renamed_one_is_read(store, tmp_path, suffix):
+    _write_log(tmp_path / f"f{suffix}", ["action", "propensity", "reward", "action_1"])
+    with open_store(store) as con:
+        assert ingest_file(con, tmp_path / f"f{suffix}", "a").rows == 2
+        assert con.execute("SELECT list(action ORDER BY event_id) FROM events").fetchone()[0] == [0, 1]
+
+
+@pytest.mark.parametrize("suffix, match", [
+    (".parquet", r"row 1, column features: must be a flat list of numbers, found \[\[1.0, 2.0\], \[3.0\]\] \(1 more rows like it\)"),
+    (".csv", r"row 2, column features: must be a flat list of numbers, found \[\[1,2\],\[3\]\]"),
+    (".jsonl", r"row 2, column features: must be a flat list of numbers, found \[1,\[2,3\]\]"),
+])
+def test_nested_features_are_refused_and_store_is_unchanged(store, tmp_path, suffix, match):
+    path = tmp_path / f"nested{suffix}"
+    if suffix == ".parquet":
+        pl.DataFrame({"action": [0, 1], "propensity": [0.5, 0.5], "reward": [1.0, 0.0],
+                      "features": [[[1.0, 2.0], [3.0]], [[4.0], [5.0, 6.0]]]}).write_parquet(path)
+    elif suffix == ".csv":
+        path.write_text('action,propensity,reward,features\n0,0.5,1,"[1,2,3]"\n1,0.5,0,"[[1,2],[3]]"\n')
+    else:
+        path.write_text('{"action": 0, "propensity": 0.5, "reward": 1, "features": [1, 2, 3]}\n'
+                        '{"action": 1, "propensity": 0.5, "reward": 0, "features": [1, [2, 3]]}\n')
+    before = _all_tables(store)
+    with open_store(store) as con, pytest.raises(MvalError, match=rf"nested{suffix}: {match}; .*not a list of lists"):
+        ingest_file(con, path, "a")
+    after = _all_tables(store)
+    for table in before:
+        assert before[table].equals(after[table]), table
+
+
 def test_typed_parquet_columns_that_do_not_parse_are_refused(store, tmp_path):
     """Parquet keeps its types; a ts of integers or features of text still cannot be stored as missing."""
     base = {"action": [0, 1], "propensity": [0.5, 0.5], "reward": [1.0, 0.0]}
@@ -177,7 +262,7 @@ def test_typed_parquet_columns_that_do_not_parse_are_refused(store, tmp_path):
     with open_store(store) as con:
         with pytest.raises(MvalError, match="row 1, column ts: must be a timestamp, found 1"):
             ingest_file(con, tmp_path / "ts.parquet", "a")
-        with pytest.raises(MvalError, match=r"row 2, column features: must be finite numbers only, found \[NULL, 2.0\]"):
+        with pytest.raises(MvalError, match=r"row 2, column features: must be finite numbers only, found \[x, 2\]"):
             ingest_file(con, tmp_path / "f.parquet", "a")
 
 
