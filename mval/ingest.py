@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import duckdb
-import pyarrow.parquet as pq
 
 from mval.errors import MvalError
 from mval.files import file_reader, key_text_sql, relation_for_file, sql_ident, table_sql
@@ -291,21 +290,27 @@ def _csv_header(con: duckdb.DuckDBPyConnection, path: Path, width: int) -> list[
     names = con.execute(load_sql("ingest_csv_header"), {
         "path": str(path), "columns": {f"c{i}": "VARCHAR" for i in range(width)}, "skip": skip, "delim": delim,
         "quote": quote, "escape": escape, "comment": comment, "new_line": new_line}).fetchall()[0]
-    return [name.strip() or None if name else None for name in names]
+    return [(name or "").strip() or None for name in names]
 
 
-def _check_unique_names(con: duckdb.DuckDBPyConnection, path: Path, columns: list[str]) -> None:
-    """Refuse a file that names two columns alike (case-insensitive, as DuckDB compares them): DuckDB reads
-    the second `action` as `action_1`, and ingest would take the first without a word. The names as
-    written come from a CSV file's header line or a Parquet file's schema (its footer); DuckDB's JSON
-    reader refuses a key repeated in one object itself (see `_read_error`)."""
+def _written_names(con: duckdb.DuckDBPyConnection, path: Path, width: int) -> list[str | None]:
+    """The file's column names as written, before DuckDB renames a repeated one (action, action -> action,
+    action_1): a CSV file's header line, a Parquet file's schema (its footer). JSON is not read here (all
+    None): DuckDB's JSON reader refuses a key repeated in one object itself (see `_read_error`)."""
     reader = file_reader(path)
     if reader == "read_csv":
-        names = _csv_header(con, path, len(columns))
-    elif reader == "read_parquet":
-        names = pq.read_schema(path).names
-    else:
-        return
+        return _csv_header(con, path, width)
+    if reader == "read_parquet":
+        import pyarrow.parquet as pq  # here, not at the top: it would cost every mval command ~0.1 s to start
+
+        return pq.read_schema(path).names
+    return [None] * width
+
+
+def _check_unique_names(con: duckdb.DuckDBPyConnection, path: Path, width: int) -> None:
+    """Refuse a file that names two columns alike (case-insensitive, as DuckDB compares them): DuckDB reads
+    the second `action` as `action_1`, and ingest would take the first without a word."""
+    names = _written_names(con, path, width)
     first: dict[str, int] = {}
     for number, name in enumerate(names, 1):
         if name is None:
@@ -352,7 +357,7 @@ def ingest_file(
     seen = con.execute("SELECT ingest_id, logger FROM ingests WHERE content_hash = ?", [digest]).fetchall()
     if seen:
         return _already_ingested(path, logger, *seen[0])
-    _check_unique_names(con, path, rel.columns)
+    _check_unique_names(con, path, len(rel.columns))
     types = dict(zip(rel.columns, (str(t) for t in rel.types)))
     if fmt == "obd":
         exprs = _obd_columns(rel.columns, types, path)

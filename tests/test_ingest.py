@@ -192,14 +192,15 @@ def test_values_after_the_first_rows_keep_their_type(store, tmp_path, suffix):
 
 
 def _write_log(path: Path, names: list[str]) -> None:
-    """Two rows of a log under the column names `names` (action, propensity, reward, then one more int)."""
-    if path.suffix == ".parquet":  # pyarrow writes a repeated name, polars would not
-        pq.write_table(pa.table([[0, 1], [0.5, 0.5], [1.0, 0.0], [3, 3]], names=names), path)
+    """Two rows (action, propensity, reward, one more integer) under the column names `names`, which may
+    repeat one: pyarrow writes such a Parquet file (polars would not), JSON lines get a repeated key."""
+    rows = [(0, 0.5, 1.0, 3), (1, 0.5, 0.0, 3)]
+    if path.suffix == ".parquet":
+        pq.write_table(pa.table(list(zip(*rows)), names=names), path)
     elif path.suffix == ".jsonl":
-        path.write_text("".join(json.dumps(dict(zip(names, row))) + "\n" for row in [(0, 0.5, 1), (1, 0.5, 0)])
-                        .replace("}\n", f', "{names[3]}": 3}}\n'))
+        path.write_text("".join("{" + ", ".join(f'"{n}": {v}' for n, v in zip(names, row)) + "}\n" for row in rows))
     else:
-        path.write_text(",".join(names) + "\n0,0.5,1,3\n1,0.5,0,3\n")
+        path.write_text("".join(",".join(map(str, line)) + "\n" for line in [names, *rows]))
 
 
 @pytest.mark.parametrize("name, first, match", [
@@ -232,7 +233,8 @@ def test_a_column_named_like_a_renamed_one_is_read(store, tmp_path, suffix):
 
 
 @pytest.mark.parametrize("suffix, match", [
-    (".parquet", r"row 1, column features: must be a flat list of numbers, found \[\[1.0, 2.0\], \[3.0\]\] \(1 more rows like it\)"),
+    (".parquet", r"row 1, column features: must be a flat list of numbers, found \[\[1.0, 2.0\], \[3.0\]\] "
+                 r"\(1 more rows like it\)"),
     (".csv", r"row 2, column features: must be a flat list of numbers, found \[\[1,2\],\[3\]\]"),
     (".jsonl", r"row 2, column features: must be a flat list of numbers, found \[1,\[2,3\]\]"),
 ])
