@@ -11,6 +11,7 @@ from pathlib import Path
 import duckdb
 
 from mval.errors import MvalError
+from mval.store import load_sql
 
 READERS = {
     ".csv": "read_csv",
@@ -82,7 +83,53 @@ def relation_for_file(con: duckdb.DuckDBPyConnection, path: str | Path, as_text:
             rel.columns  # noqa: B018
     except duckdb.Error as e:
         raise MvalError(f"{path}: cannot read as {reader.removeprefix('read_')} ({str(e).splitlines()[0]})") from e
+    check_unique_names(con, path, len(rel.columns))
     return rel
+
+
+def _csv_header(con: duckdb.DuckDBPyConnection, path: Path, width: int) -> list[str | None]:
+    """The names of a CSV file's header line as written and trimmed (None: unnamed, or no header line),
+    read with the dialect that DuckDB detects for `read_csv(all_varchar = true)`, as the file is staged."""
+    has_header, *dialect = con.execute(
+        "SELECT HasHeader, SkipRows, Delimiter, Quote, Escape, Comment, NewLineDelimiter "
+        "FROM sniff_csv(?, all_varchar = true)", [str(path)]).fetchall()[0]
+    if not has_header:
+        return [None] * width
+    skip, delim, quote, escape, comment, new_line = ("" if v == "(empty)" else v for v in dialect)
+    names = con.execute(load_sql("csv_header"), {
+        "path": str(path), "columns": {f"c{i}": "VARCHAR" for i in range(width)}, "skip": skip, "delim": delim,
+        "quote": quote, "escape": escape, "comment": comment, "new_line": new_line}).fetchall()[0]
+    return [(name or "").strip() or None for name in names]
+
+
+def _written_names(con: duckdb.DuckDBPyConnection, path: Path, width: int) -> list[str | None]:
+    """The file's column names as written, before DuckDB renames a repeated one (action, action -> action,
+    action_1): a CSV file's header line, a Parquet file's schema (its footer). JSON is not read here (all
+    None): DuckDB's JSON reader refuses a key repeated in one object itself (see `_read_error`)."""
+    reader = file_reader(path)
+    if reader == "read_csv":
+        return _csv_header(con, path, width)
+    if reader == "read_parquet":
+        import pyarrow.parquet as pq  # here, not at the top: it would cost every mval command ~0.1 s to start
+
+        return pq.read_schema(path).names
+    return [None] * width
+
+
+def check_unique_names(con: duckdb.DuckDBPyConnection, path: Path, width: int) -> None:
+    """Refuse a file that names two columns alike (case-insensitive, as DuckDB compares them): DuckDB reads
+    the second `action` as `action_1`, and the first would be used without a word."""
+    names = _written_names(con, path, width)
+    first: dict[str, int] = {}
+    for number, name in enumerate(names, 1):
+        if name is None:
+            continue
+        earlier = first.setdefault(name.lower(), number)
+        if earlier != number:
+            spelled = names[earlier - 1]
+            case = "" if spelled == name else f", the first spelled {spelled!r}; names are case-insensitive"
+            raise MvalError(f"{path}: column {name!r} appears twice (columns {earlier} and {number}{case}); "
+                            "rename or drop one of them")
 
 
 def check_output_path(path: str | Path, suffixes: tuple[str, ...] | None = None, flag: str = "-o") -> Path:

@@ -53,6 +53,8 @@ def test_empty_context_id_is_context_free_in_every_format(store, tmp_path, suffi
         ("context_id,action,prob\na,0,0.5\na,0.5,0.5\n", "action must be a non-negative integer, found 0.5"),
         ("context_id,action,prob\na,0,0.5\na,0,0.5\n", r"each \(context_id, action\) must appear once"),
         ("context_id,action\na,0\n", "missing column.*prob"),
+        ("context_id,action,prob,Prob\na,0,1,0.5\n", r"bad.csv: column 'Prob' appears twice \(columns 3 and 4, "
+                                                      r"the first spelled 'prob'; names are case-insensitive\)"),
         ("context_id,action,prob\n", r"bad.csv: a policy needs at least one .* row, found no rows"),
         ("context_id,action,prob\n,0,1\nc0,2,1\n", r"bad.csv: rows with an empty context_id .* cannot be mixed "
                                                      r"with rows that name contexts, found 1 rows without one"),
