@@ -18,7 +18,7 @@ and the bootstrap draws rows, not cells.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from typing import ClassVar
 
@@ -389,7 +389,11 @@ class WeightedIPS(IPS):
 class DM(Estimator):
     """Direct method: V = (1/N) sum_i q_pi(x_i), q_pi(x) = sum_a pi(a|x) q(x, a).
 
-    The SE counts the spread of q_pi over contexts only (the reward model is held fixed).
+    Its SE and bootstrap are DR's (per-row terms q_pi(x_i) + w_i (r_i - q(x_i, a_i)), the bootstrap
+    shifted to the DM value): the spread of q_pi alone holds the fitted model fixed and misses its
+    fitting error, which is most of DM's. With context-action means, DM is a per-cell self-normalised
+    DR whose influence terms these are. Rewards extrapolated to actions no logger takes add error
+    that no SE from the log can count.
     """
 
     name: ClassVar[str] = "dm"
@@ -397,6 +401,19 @@ class DM(Estimator):
     def columns(self, data: LoggedData) -> np.ndarray:
         data.require_model(self.name)
         return data.q_target[:, None]
+
+    def influence(self, data: LoggedData, value: float) -> np.ndarray:
+        return DR().columns(data)[:, 0]
+
+    def estimate(self, data: LoggedData, n_boot: int = 0, seed: int = 0, level: float = 0.95) -> Estimate:
+        found = super().estimate(data, 0, seed, level)
+        if n_boot == 0:
+            return found
+        dr = DR()
+        shift = found.estimate - float(dr.combine(data.logger_sums(dr.columns(data)), data.logger_sizes))
+        boots = bootstrap(dr, data, n_boot, seed) + shift
+        low, high = (float(v) for v in np.nanquantile(boots, [(1 - level) / 2, (1 + level) / 2]))
+        return replace(found, boot_low=low, boot_high=high)
 
 
 @dataclass(frozen=True)
