@@ -186,8 +186,8 @@ def stratified_variance(data: LoggedData, z: np.ndarray) -> float:
     gets the pooled sample variance of all rows (NaN when there is a single row in all).
     """
     n_k = data.logger_sizes
-    sums = data.logger_sums(np.stack([z, z * z], axis=-1))
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # terms near 1e160 give inf: an SE of inf
+        sums = data.logger_sums(np.stack([z, z * z], axis=-1))
         ss = sums[:, 1] - sums[:, 0] ** 2 / n_k
         n, total = n_k.sum(), sums.sum(axis=0)
         pooled = max(total[1] - total[0] ** 2 / n, 0.0) / (n - 1) if n > 1 else np.nan
@@ -196,10 +196,13 @@ def stratified_variance(data: LoggedData, z: np.ndarray) -> float:
 
 
 def effective_sample_size(weights: np.ndarray, count: np.ndarray | None = None) -> float:
-    """ESS = (sum w)^2 / sum w^2 (count-weighted)."""
+    """ESS = (sum w)^2 / sum w^2 (count-weighted; computed on w / max|w|, so huge weights do not overflow)."""
     c = np.ones_like(weights) if count is None else count
-    denom = float((c * weights * weights).sum())
-    return float((c * weights).sum()) ** 2 / denom if denom > 0 else 0.0
+    top = float(np.max(np.abs(weights), initial=0.0))
+    if not top > 0 or not np.isfinite(top):
+        return 0.0
+    w = weights / top
+    return float((c * w).sum()) ** 2 / float((c * w * w).sum())
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from mval.estimators import (
     ESTIMATORS,
     LoggedData,
     bootstrap,
+    effective_sample_size,
     estimate,
     make_estimator,
     pibar_of_logged,
@@ -326,3 +327,12 @@ def test_a_single_row_has_no_standard_error():
                       logger=np.array([0]))
     est = make_estimator("ips").estimate(data)
     assert est.estimate == 2.0 and np.isnan(est.std_error)
+
+
+def test_effective_sample_size_by_hand_and_without_overflow():
+    assert effective_sample_size(np.array([1.0, 2.0, 3.0])) == pytest.approx(36 / 14)
+    assert effective_sample_size(np.array([1.0, 2.0]), np.array([2.0, 1.0])) == pytest.approx(16 / 6)
+    assert effective_sample_size(np.array([1.0, 1e200])) == pytest.approx(1.0)  # (sum w)^2 overflowed a float
+    tiny = LoggedData(np.array([1.0, 0.0, 1.0]), np.array([0.5, 0.5, 1e-160]), np.array([0.5, 0.5, 0.5]))
+    assert make_estimator("ips").estimate(tiny).ess == pytest.approx(1.0)
+    assert effective_sample_size(np.zeros(3)) == 0.0
