@@ -300,8 +300,10 @@ def evaluate_policy(
     names, everything = parse_estimators(estimators)
     for name in names:  # refuse bad clip/tau before reading anything
         make_estimator(name, clip, tau)
-    if n_boot < 0:
-        raise MvalError(f"--bootstrap must be >= 0, found {n_boot}")
+    fewest = int(np.ceil(2 / (1 - level) - 1e-9))  # below this, one tail of the interval is the extreme replicate
+    if n_boot < 0 or 0 < n_boot < fewest:
+        raise MvalError(f"--bootstrap {n_boot}: a {level:.0%} percentile interval needs at least {fewest} replicates "
+                        "(1000 is usual); 0 skips it")
     check_folds(folds)
     needs_model = any(n in NEEDS_MODEL for n in names)
     log = _read_log(con, policy, loggers, positions, needs_model, folds, seed)

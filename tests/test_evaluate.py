@@ -263,6 +263,8 @@ def test_cli_json_csv_table(logs):
         (["--policy", "T-safe", "--loggers", "A,Z"], "--loggers: no rows from logger 'Z'"),
         (["--policy", "T-safe", "--loggers", "D", "--positions", "per-position"], "the chosen rows have no position"),
         (["--policy", "T-safe", "--estimator", "clipped-ips", "--clip", "0"], "--clip .* must be > 0"),
+        (["--policy", "T-safe", "--bootstrap", "1"],  # its interval had width 0
+         r"--bootstrap 1: a 95% percentile interval needs at least 40 replicates \(1000 is usual\); 0 skips it"),
     ],
 )
 def test_cli_refusals(logs, args, match):
