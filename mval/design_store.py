@@ -332,9 +332,20 @@ def _second_moments(est: LogEstimates, estimator: str, table: str | Path | pl.Da
     missing = [c for c in ("context_id", "action", "s") if c not in frame.columns]
     if missing:
         raise MvalError(f"{where}: missing column(s) {', '.join(missing)}; it needs context_id, action, s")
-    frame = frame.select(
-        pl.col("context_id").cast(pl.Utf8), pl.col("action").cast(pl.Int64), pl.col("s").cast(pl.Float64)
-    )
+    typed = frame.select(pl.col("context_id").cast(pl.Utf8), pl.col("action").cast(pl.Int64, strict=False),
+                         pl.col("s").cast(pl.Float64, strict=False))
+    for column in ("action", "s"):
+        bad = typed[column].is_null() & frame[column].is_not_null()
+        if bad.any() or frame[column].is_null().any():
+            row = int((bad | frame[column].is_null()).arg_max())
+            raise MvalError(f"{where}: row {row + 1}, column {column}: must be a number, found "
+                            f"{frame[column][row]!r}; fill it in")
+    repeated = typed.select("context_id", "action").is_duplicated()
+    if repeated.any():
+        row = int(repeated.arg_max())
+        raise MvalError(f"{where}: context_id {typed['context_id'][row]!r}, action {typed['action'][row]} appears "
+                        "more than once; keep one s per (context_id, action)")
+    frame = typed
     values = frame["s"].to_numpy()
     actions = frame["action"].to_numpy()
     if not np.isfinite(values).all() or (values < 0).any() or (actions < 0).any() or (actions >= k).any():

@@ -245,3 +245,16 @@ def test_one_varying_reward_is_enough_to_design(store, tmp_path):
     fill(store, tmp_path, rewards=np.r_[1.0, np.zeros(399)])
     with open_store(store) as con:
         assert design_logging_policy(con, ["A", "B"], 600).std_error > 0
+
+
+@pytest.mark.parametrize("rows, match", [
+    ("context_id,action,s\n,0,abc\n,1,1\n", r"s.csv: row 1, column s: must be a number, found 'abc'"),
+    ("context_id,action,s\n,0,1\n,x,1\n", r"s.csv: row 2, column action: must be a number, found 'x'"),
+    ("context_id,action,s\n,0,1\n,0,5\n,1,1\n", r"s.csv: context_id None, action 0 appears more than once"),
+])
+def test_bad_second_moment_tables_are_refused(store, tmp_path, rows, match):
+    """A text s was a polars traceback; a repeated (context_id, action) silently kept the last row."""
+    fill(store, tmp_path)
+    (tmp_path / "s.csv").write_text(rows)
+    with open_store(store) as con, pytest.raises(MvalError, match=match):
+        design_logging_policy(con, ["A"], 100, second_moment_table=tmp_path / "s.csv")
