@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 
 import click
+import duckdb
 
 from mval.errors import MvalError
 from mval.ingest import FORMATS, ingest_file
-from mval.output import emit, format_option
+from mval.output import emit, file_format, format_option
 from mval.policies import add_policy
 from mval.query import run_query
 from mval.store import init_store, open_store
@@ -53,6 +54,15 @@ class MvalGroup(click.Group):
         except MvalError as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(2)
+        except click.UsageError as e:  # click's own three lines (usage, hint, error) as one
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            click.echo(f"Error: {e.format_message()} (`{where} --help` shows the usage)", err=True)
+            ctx.exit(2)
+        except (KeyboardInterrupt, click.Abort, duckdb.InterruptException, RuntimeError) as e:
+            if isinstance(e, RuntimeError) and str(e) != "Query interrupted":  # DuckDB's word for a Ctrl-C
+                raise
+            click.echo("Error: interrupted; the store keeps only whole writes (rerun the command to finish)", err=True)
+            ctx.exit(130)
         except OSError as e:  # a file the user named could not be read or written (permissions, full disk)
             if e.filename is None:
                 raise
@@ -139,19 +149,22 @@ def ingest(store: str, file: str, logger: str, fmt: str, mapping: tuple[str, ...
 @main.command()
 @click.argument("store", type=click.Path(dir_okay=False))
 @click.argument("sql")
-@format_option("table", "csv", "json", "parquet")
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), help="Write to FILE instead of printing.")
-def query(store: str, sql: str, fmt: str, out: str | None) -> None:
+@format_option("table", "csv", "json", "parquet", default=None)
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False),
+              help="Write to FILE (.csv, .json, .parquet) instead of printing; its extension picks the format.")
+def query(store: str, sql: str, fmt: str | None, out: str | None) -> None:
     """Run SQL on the store, read-only.
 
     Views for everyday questions: logger_summary, action_summary, policy_summary, ingest_log.
+    INTERVAL, BLOB, BIT, UNION and TIME WITH TIME ZONE values come out as DuckDB's text (1 day 02:00:00).
 
     \b
     Examples:
       mval query logs.duckdb "SELECT * FROM logger_summary"
       mval query logs.duckdb "SELECT action, avg(reward) FROM events GROUP BY 1" --format csv
-      mval query logs.duckdb "SELECT * FROM events" --format parquet -o events.parquet
+      mval query logs.duckdb "SELECT * FROM events" -o events.parquet
     """
+    fmt = file_format(fmt, out)  # before the query runs: a wrong -o is refused at once
     emit(run_query(store, sql), fmt, out)
 
 

@@ -79,7 +79,7 @@ def qa(n: int, seed: int) -> list[Example]:
 
 def run_cli(*args, ok: bool = True):
     """`mval ARGS...` in-process; with ok, assert it succeeded (the output is in the message if not)."""
-    result = CliRunner().invoke(main, [str(a) for a in args])
+    result = CliRunner().invoke(main, [str(a) for a in args], prog_name="mval")
     if ok:
         assert result.exit_code == 0, result.output
     return result

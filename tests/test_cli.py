@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import click
+from click.testing import CliRunner
 import polars as pl
 import pytest
 from conftest import generic_log, run_cli, write_obd_csv
@@ -93,6 +94,10 @@ BAD_COMMANDS = [
     (lambda s, t: ["design", s, "--target", "nope", "--budget", "10", "-o", t / "out.txt"], "unknown file type .txt"),
     (lambda s, t: ["simulate", "--env", "synthetic", "--noise", "0.3"], "--noise applies to supervised environments"),
     (lambda s, t: ["simulate", "--env", "synthetic", "--plot", t / "nodir" / "p.png"], "--plot .* does not exist"),
+    # click's usage errors: one line too, with where to find the usage
+    (lambda s, t: ["query", t, "SELECT 1"], r"Invalid value for 'STORE': .* is a directory. \(`mval query --help`"),
+    (lambda s, t: ["evaluate"], r"Missing argument 'STORE'. \(`mval evaluate --help` shows the usage\)"),
+    (lambda s, t: ["policy", "ad", s], r"No such command 'ad'. \(`mval policy --help`"),
 ]
 
 
@@ -114,3 +119,25 @@ def test_every_command_has_help_with_example_and_is_in_readme():
         help_text = run(*name.split()[1:], "--help").output
         assert "Example" in help_text, f"{name} --help has no example"
         assert f"{name} " in readme or f"`{name}`" in readme, f"{name} is not documented in README.md"
+
+
+def test_ctrl_c_during_a_duckdb_query_is_one_line_and_exit_130():
+    """DuckDB turns a Ctrl-C into RuntimeError('Query interrupted'): one line, no traceback (the real
+    interrupt here comes from a timer thread calling `interrupt()` on the connection, as the signal does)."""
+    import threading
+
+    import duckdb
+
+    from cli import MvalGroup
+
+    group = MvalGroup()
+
+    @group.command()
+    def count() -> None:
+        con = duckdb.connect()
+        threading.Timer(0.3, con.interrupt).start()
+        con.execute("SELECT count(*) FROM range(1000000000000) a WHERE a.range % 7 = 3").fetchall()
+
+    result = CliRunner().invoke(group, ["count"])
+    assert result.exit_code == 130 and "Traceback" not in result.output, result.output
+    assert result.output == "Error: interrupted; the store keeps only whole writes (rerun the command to finish)\n"
