@@ -64,6 +64,8 @@ def policy_frame(context_ids: np.ndarray | None, probs: np.ndarray) -> pl.DataFr
 
 def add_policy(con: duckdb.DuckDBPyConnection, name: str, path: str | Path, replace: bool = False) -> int:
     """Validate and store a policy file (CSV/Parquet/JSON with context_id, action, prob); returns rows."""
+    if not name.strip():
+        raise MvalError("a policy needs a non-empty NAME (e.g. `mval policy add STORE new-ranker FILE`)")
     rel = relation_for_file(con, path, as_text=True)
     missing = [c for c in POLICY_COLUMNS if c not in rel.columns]
     if missing:

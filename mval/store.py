@@ -59,6 +59,8 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
 
 def init_store(path: str | Path) -> Path:
     """Create a new store at `path` with the packaged schema (refuses to overwrite)."""
+    if not str(path).strip():
+        raise MvalError("give the store a file path, e.g. `mval init logs.duckdb`")
     path = Path(path)
     if path.exists():
         raise MvalError(f"{path}: already exists; choose a new path or delete the file first")

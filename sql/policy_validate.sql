@@ -1,17 +1,20 @@
 -- Problems in a staged policy table `staged_policy(context_id, action, prob)`, worst first.
 -- One row per problem: what, the context it is in, and the value found.
 WITH checks AS (
-    SELECT 'action must be a non-negative integer' AS problem, context_id, CAST(action AS TEXT) AS found
+    SELECT 'action must be a non-negative integer (at most 2147483647)' AS problem, context_id,
+        printf('%.15g', action) AS found
     FROM staged_policy WHERE action IS NULL OR NOT isfinite(action) OR action < 0 OR action <> floor(action)
         OR action > 2147483647
     UNION ALL
     SELECT 'prob must be in [0, 1]', context_id, CAST(prob AS TEXT)
     FROM staged_policy WHERE prob IS NULL OR isnan(prob) OR prob < 0 OR prob > 1
     UNION ALL
-    SELECT 'probabilities of a context must sum to 1 (within 1e-6)', context_id, CAST(sum(prob) AS TEXT)
-    FROM staged_policy GROUP BY context_id HAVING abs(sum(prob) - 1) > 1e-6
+    -- 1e-6 per row: probabilities rounded to 6 decimals pass (each is off by at most 5e-7)
+    SELECT 'probabilities of a context must sum to 1 (within 1e-6 per row)', context_id, printf('%.10g', sum(prob))
+    FROM staged_policy GROUP BY context_id HAVING abs(sum(prob) - 1) > 1e-6 * count(*)
     UNION ALL
-    SELECT 'each (context_id, action) must appear once', context_id, CAST(action AS TEXT)
+    SELECT 'each (context_id, action) must appear once', context_id,
+        'action ' || printf('%.15g', action) || ' in ' || count(*) || ' rows'
     FROM staged_policy GROUP BY context_id, action HAVING count(*) > 1
     UNION ALL
     SELECT 'rows with an empty context_id (the same distribution in every context) cannot be mixed with '

@@ -48,10 +48,13 @@ def test_empty_context_id_is_context_free_in_every_format(store, tmp_path, suffi
     [
         ("context_id,action,prob\na,0,0.5\na,1,0.4\n", r"context_id 'a': probabilities of a context must sum to 1 .*found 0.9"),
         ("context_id,action,prob\na,0,1.5\na,1,-0.5\n", r"prob must be in \[0, 1\], found"),
-        ("context_id,action,prob\na,-1,1.0\n", "action must be a non-negative integer, found -1"),
-        ("context_id,action,prob\na,3000000000,1.0\n", "action must be a non-negative integer, found 3000000000"),
-        ("context_id,action,prob\na,0,0.5\na,0.5,0.5\n", "action must be a non-negative integer, found 0.5"),
+        ("context_id,action,prob\na,-1,1.0\n", r"action must be a non-negative integer \(at most 2147483647\), found -1;"),
+        ("context_id,action,prob\na,3000000000,1.0\n", r"action must be a non-negative integer \(at most 2147483647\), found 3000000000;"),
+        ("context_id,action,prob\na,0,0.5\na,0.5,0.5\n", r"action must be a non-negative integer \(at most 2147483647\), found 0.5;"),
         ("context_id,action,prob\na,0,0.5\na,0,0.5\n", r"each \(context_id, action\) must appear once"),
+        ("context_id,action,prob\n,0,0.5\n,0,0.5\n",  # it said "found 0.0", naming neither action nor context
+         r"bad.csv: each \(context_id, action\) must appear once, found action 0 in 2 rows;"),
+        ("context_id,action,prob\na,0,0.5\na,1,0.499998\n", r"must sum to 1 \(within 1e-6 per row\), found 0.999998"),
         ("context_id,action\na,0\n", "missing column.*prob"),
         ("context_id,action,prob,Prob\na,0,1,0.5\n", r"bad.csv: column 'Prob' appears twice \(columns 3 and 4, "
                                                       r"the first spelled 'prob'; names are case-insensitive\)"),
@@ -79,3 +82,18 @@ def test_duplicate_name_needs_replace(store, tmp_path):
         assert con.execute("SELECT action FROM policies").fetchall() == [(1,)]
         with pytest.raises(MvalError, match="no policy named 'nope'.*known: p"):
             load_policy(con, "nope")
+
+
+def test_probabilities_rounded_to_six_decimals_are_accepted(store, tmp_path):
+    """Three actions at 0.333333 sum to 0.999999: off by 1e-6 in all, within 1e-6 per row (was refused)."""
+    (tmp_path / "thirds.csv").write_text("context_id,action,prob\n,0,0.333333\n,1,0.333333\n,2,0.333333\n")
+    with open_store(store) as con:
+        assert add_policy(con, "thirds", tmp_path / "thirds.csv") == 3
+
+
+def test_an_empty_name_is_refused(store, tmp_path):
+    (tmp_path / "p.csv").write_text("context_id,action,prob\n,0,1\n")
+    with open_store(store) as con:
+        with pytest.raises(MvalError, match="a policy needs a non-empty NAME"):
+            add_policy(con, " ", tmp_path / "p.csv")
+        assert con.execute("SELECT count(*) FROM policies").fetchall() == [(0,)]

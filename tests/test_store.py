@@ -41,6 +41,11 @@ def test_open_refuses_non_stores(tmp_path, make, match):
             pass
 
 
+def test_init_refuses_an_empty_path():
+    with pytest.raises(MvalError, match="give the store a file path"):  # it said ".: already exists"
+        init_store("")
+
+
 def test_init_refuses_existing_file(store):
     with pytest.raises(MvalError, match="already exists"):
         init_store(store)
