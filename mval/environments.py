@@ -186,7 +186,7 @@ def sklearn_env(dataset: str, **kwargs) -> BanditEnv:
 
 
 def file_env(path: str | Path, label: str, **kwargs) -> BanditEnv:
-    """Supervised-to-bandit from a CSV/Parquet file: numeric columns are features, `label` the class."""
+    """Supervised-to-bandit from a CSV/Parquet file: every other column is a numeric feature, `label` the class."""
     path = Path(path)
     if not path.is_file():
         raise MvalError(f"{path}: no such file")
@@ -196,7 +196,14 @@ def file_env(path: str | Path, label: str, **kwargs) -> BanditEnv:
         raise MvalError(f"{path}: cannot read ({str(e).splitlines()[0]}); give a CSV or Parquet file") from e
     if label not in frame.columns:
         raise MvalError(f"{path}: no column {label!r} for --label; columns are {', '.join(frame.columns)}")
-    features = frame.drop(label).select(pl.selectors.numeric())
+    features = frame.drop(label)
+    text = [c for c in features.columns if not features[c].dtype.is_numeric()]
+    if text:  # a feature with one stray "N/A" reads as text: dropping it silently would change the problem
+        column = features[text[0]]
+        bad = column.is_not_null() & column.cast(pl.Float64, strict=False).is_null()
+        row = int(bad.arg_max()) if bad.any() else 0
+        raise MvalError(f"{path}: row {row + 1}, column {text[0]!r}: not a number ({column[row]!r}); every column "
+                        f"but --label {label!r} is a feature: drop the column from the file or fix its values")
     if features.width == 0:
         raise MvalError(f"{path}: no numeric feature columns besides the label {label!r}")
     if features.null_count().sum_horizontal()[0] > 0 or frame[label].null_count():

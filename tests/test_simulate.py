@@ -203,3 +203,10 @@ def test_replay_with_unlogged_cells_draws_every_design_exactly_and_stays_unbiase
     for s in summarise(env, 200, records, n_boot=50):
         if s.estimator == "balanced-ips":
             assert abs(s.bias) < 3 * s.empirical_std / np.sqrt(s.reps), s.design
+
+
+def test_file_env_refuses_a_text_feature_column(tmp_path):
+    """A stray "N/A" makes a feature column text; it used to be dropped from the features without a word."""
+    (tmp_path / "t.csv").write_text("x,z,y\n1.0,0.5,0\n2.0,N/A,1\n3.0,0.7,0\n")
+    with pytest.raises(MvalError, match=r"t.csv: row 2, column 'z': not a number \('N/A'\); every column but --label 'y'"):
+        file_env(tmp_path / "t.csv", "y")
