@@ -411,6 +411,12 @@ def _rounds_needed(variance, policy: np.ndarray, target: float) -> float:
     return float(hi)
 
 
+def check_new_name(con: duckdb.DuckDBPyConnection, name: str, replace: bool) -> None:
+    """Refuse to overwrite policy `name` unless `replace`."""
+    if not replace and name in policy_names(con):
+        raise MvalError(f"policy {name!r} already exists in the store; pick another --save-as or pass --replace")
+
+
 def save_design(con: duckdb.DuckDBPyConnection, policy: pl.DataFrame, name: str, replace: bool = False,
                 output: str | Path | None = None) -> int:
     """Write the designed policy into `policies` under `name`, and to the file `output` if given, in one
@@ -418,11 +424,7 @@ def save_design(con: duckdb.DuckDBPyConnection, policy: pl.DataFrame, name: str,
     con.register("designed_policy", policy)
     try:
         with transaction(con):
-            exists = con.execute("SELECT count(*) FROM policies WHERE policy = ?", [name]).fetchall()[0][0]
-            if exists and not replace:
-                raise MvalError(
-                    f"policy {name!r} already exists in the store; pick another --save-as or pass --replace"
-                )
+            check_new_name(con, name, replace)
             con.execute("DELETE FROM policies WHERE policy = ?", [name])
             con.execute("INSERT INTO policies SELECT ?, context_id, action, prob FROM designed_policy", [name])
             if output is not None:

@@ -258,3 +258,12 @@ def test_bad_second_moment_tables_are_refused(store, tmp_path, rows, match):
     (tmp_path / "s.csv").write_text(rows)
     with open_store(store) as con, pytest.raises(MvalError, match=match):
         design_logging_policy(con, ["A"], 100, second_moment_table=tmp_path / "s.csv")
+
+
+def test_an_existing_save_as_name_is_refused_before_designing(store, tmp_path):
+    """The name is checked first: here the target does not even exist, and the name is what is refused."""
+    fill(store, tmp_path)
+    from cli import main
+
+    res = CliRunner().invoke(main, ["design", str(store), "--target", "nope", "--budget", "10", "--save-as", "A"])
+    assert res.exit_code == 2 and "policy 'A' already exists in the store; pick another --save-as" in res.output

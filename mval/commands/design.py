@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from mval.design_store import (ESTIMATORS, OBJECTIVES, POLICY_FILE_TYPES, SOLVERS, design_logging_policy, save_design)
+from mval.design_store import (ESTIMATORS, OBJECTIVES, POLICY_FILE_TYPES, SOLVERS, check_new_name, design_logging_policy,
+                               save_design)
 from mval.files import check_output_path
 from mval.output import emit, format_option
 from mval.store import open_store
@@ -50,13 +51,14 @@ def design(store: str, target: str, budget: int, objective: str, estimator: str,
     targets = _names(target)
     if output:  # refused before the policy is designed and saved
         check_output_path(output, POLICY_FILE_TYPES)
+    name = save_as or "mval-" + ("-vs-".join(targets) if objective == "difference" else "+".join(targets))
     with open_store(store) as con:
+        check_new_name(con, name, replace)  # before the solve; save_design checks again in its transaction
         result = design_logging_policy(
             con, targets, budget, objective=objective, estimator=estimator, floor=floor, cap=cap,
             min_reward_ratio=min_reward_ratio, solver=solver, loggers=_names(loggers),
             second_moment_table=second_moment,
         )
-        name = save_as or "mval-" + ("-vs-".join(targets) if objective == "difference" else "+".join(targets))
         save_design(con, result.policy, name, replace=replace, output=output)
     if fmt == "json":
         emit([{**result.to_dict(), "saved_as": name, "output": output}], "json")
