@@ -90,7 +90,7 @@ def sampled_losses(model: ConceptModel, batch: Batch) -> torch.Tensor | None:
 
 
 def tracked_modules(model: ConceptModel, measure: Measure, queries: Sequence[Example]) -> tuple[list[str], bool]:
-    """Names of the Linear/Conv2d modules whose weight gets a gradient from `measure` on a few queries,
+    """Names of the Linear/Conv2d modules that run and whose weight gets a gradient from `measure` on a few queries,
     and whether any of them runs more than once in that forward pass (shared parameters)."""
     kinds = (torch.nn.Linear, torch.nn.Conv2d)
     modules = {n: m for n, m in model.module.named_modules() if isinstance(m, kinds) and m.weight.requires_grad}
@@ -102,7 +102,8 @@ def tracked_modules(model: ConceptModel, measure: Measure, queries: Sequence[Exa
     finally:
         for h in hooks:
             h.remove()
-    names = [n for n, g in zip(modules, grads, strict=True) if g is not None]
+    # a module must also run: with tied embeddings, lm_head's weight gets the embeddings' gradient
+    names = [n for n, g in zip(modules, grads, strict=True) if g is not None and calls[n] > 0]
     return names, any(calls[n] > 1 for n in names)
 
 

@@ -336,3 +336,23 @@ def test_concept_on_the_embeddings_is_refused(model):
     request = ScoreRequest(ProbeDirection(CONCEPT.vector, 0, "mean"), tuple(qa(2, 0)))
     with pytest.raises(MvalError, match=r"--concept: the concept is read at layer 0, which no Linear/Conv2d layer feeds"):
         make_scorer("influence", request).score(model, qa(3, 1))
+
+
+def test_tied_embeddings_do_not_track_the_lm_head():
+    """With tie_word_embeddings, lm_head's weight is the embedding matrix: it gets a gradient from a
+    concept below the head although lm_head never runs, and kronfluence failed on it (a traceback)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from attribution.models import HFCausalLM
+    from attribution.testbed import build_tokenizer, vocabulary
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocabulary()), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+                         tie_word_embeddings=True, pad_token_id=0, bos_token_id=None, eos_token_id=None)
+    tied = HFCausalLM(LlamaForCausalLM(config).double(), build_tokenizer())
+    request = ScoreRequest(CONCEPT, tuple(qa(4, 4)), batch_size=4)
+    names, _ = tracked_modules(tied, concept_measure(request), request.queries)
+    assert "lm_head" not in names and names
+    scores = make_scorer("influence", request).score(tied, qa(6, 3))
+    assert scores.shape == (6,) and np.isfinite(scores).all()
