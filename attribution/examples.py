@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -77,7 +78,8 @@ def _parse(record: object, where: str, with_id: bool) -> Example:
         raise MvalError(f"{where}: expected a JSON object, found {type(record).__name__}")
     example_id = record.get("id")
     if with_id and (example_id is None or isinstance(example_id, bool) or not isinstance(example_id, str | int)):
-        raise MvalError(f"{where}: missing or non-string field 'id' (found {example_id!r}); give every line a unique id")
+        raise MvalError(f"{where}: field 'id' must be a string or an integer, found {example_id!r}; give every line "
+                        "a unique id")
     prompt, response, text = (_field(record, k, where) for k in ("prompt", "response", "text"))
     if text is not None and (prompt is not None or response is not None):
         raise MvalError(f"{where}: both 'text' and 'prompt'/'response'; give either text or prompt and response")
@@ -87,8 +89,31 @@ def _parse(record: object, where: str, with_id: bool) -> Example:
     if not (text or "").strip() and not (response or "").strip():
         raise MvalError(f"{where}: field {'text' if text is not None else 'response'!r} is empty; the training "
                         "loss needs some text (drop the record or fill it)")
-    return Example(str(example_id) if example_id is not None else where, prompt, response, text,
-                   json.dumps(record, ensure_ascii=False))
+    kept = json.dumps(record, ensure_ascii=False)
+    try:
+        kept.encode("utf-8")
+    except UnicodeEncodeError as e:  # "\ud800" is valid JSON but no character: the store cannot hold it
+        raise MvalError(f"{where}: holds {kept[e.start:e.end].encode('unicode_escape').decode()}, half of a UTF-16 "
+                        "pair (text cut in the middle of a character); fix or drop the line") from e
+    return Example(str(example_id) if example_id is not None else where, prompt, response, text, kept)
+
+
+def _strict_object(pairs: list[tuple[str, object]]) -> dict:
+    """json.loads' object hook: a key given twice in one object is refused (json would keep the last)."""
+    record: dict = {}
+    for key, value in pairs:
+        if key in record:
+            raise MvalError(f"key {key!r} appears twice in one object; keep one of them")
+        record[key] = value
+    return record
+
+
+def _finite_float(text: str) -> float:
+    """json.loads' float hook: 1e400 (inf) and NaN/Infinity would be written back as invalid JSON."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise MvalError(f"number {text} is not finite; write a finite number")
+    return value
 
 
 def read_jsonl(path: str | Path, with_id: bool = True, label: bool = False) -> tuple[list[Example], list[int]]:
@@ -101,12 +126,17 @@ def read_jsonl(path: str | Path, with_id: bool = True, label: bool = False) -> t
         for number, raw in enumerate(f, start=1):
             where = f"{path} line {number}"
             line = utf8_line(raw, where)
+            if number == 1:
+                line = line.removeprefix("\ufeff")  # a byte order mark, as some editors save UTF-8
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line, object_pairs_hook=_strict_object, parse_float=_finite_float,
+                                    parse_constant=_finite_float)
             except json.JSONDecodeError as e:
                 raise MvalError(f"{where}: not valid JSON ({e.msg}); one JSON object per line") from e
+            except MvalError as e:
+                raise MvalError(f"{where}: {e}") from e
             ex = _parse(record, where, with_id)
             if with_id and ex.example_id in seen:
                 raise MvalError(f"{where}: id {ex.example_id!r} already used on line {seen[ex.example_id]}; ids must be unique")

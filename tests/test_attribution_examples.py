@@ -57,7 +57,13 @@ def test_replace_swaps_the_dataset(store, tmp_path):
 @pytest.mark.parametrize(("lines", "match"), [
     ([GOOD[0], "{not json"], r"line 2: not valid JSON"),
     ([GOOD[0], "", "[1, 2]"], r"line 3: expected a JSON object"),
-    ([{"prompt": "p", "response": "r"}], r"line 1: missing or non-string field 'id'"),
+    ([{"prompt": "p", "response": "r"}], r"line 1: field 'id' must be a string or an integer, found None"),
+    ([{"id": 1.5, "text": "t"}], r"line 1: field 'id' must be a string or an integer, found 1.5"),
+    # written as raw text: json.dumps would not write these
+    (['{"id": "x", "text": "a \\ud800 b"}'], r"line 1: holds \\ud800, half of a UTF-16 pair"),
+    (['{"id": "x", "text": "t", "x": 1e400}'], r"line 1: number 1e400 is not finite"),
+    (['{"id": "x", "text": "t", "x": NaN}'], r"line 1: number NaN is not finite"),
+    (['{"id": "x", "text": "t", "text": "u"}'], r"line 1: key 'text' appears twice in one object"),
     ([{"id": "x", "prompt": "p"}], r"line 1: missing field 'response'"),
     ([{"id": "x"}], r"line 1: missing field 'prompt' and 'response'"),
     ([{"id": "x", "text": "t", "prompt": "p"}], r"line 1: both 'text' and 'prompt'"),
@@ -173,3 +179,11 @@ def test_a_store_made_before_records_were_kept_still_curates_and_gets_them_on_re
     with open_store(store) as con:
         assert add_examples(con, "sft", path).unchanged == 4
     assert curated(store, tmp_path / "new.jsonl", 1) == [json.dumps(r, ensure_ascii=False) for r in RICH[:3]]
+
+
+def test_a_byte_order_mark_is_read_as_utf8(store, tmp_path):
+    """Some editors save UTF-8 with a byte order mark: it was refused as 'not valid JSON'."""
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in GOOD).encode())
+    with open_store(store) as con:
+        assert add_examples(con, "bom", path).added == len(GOOD)
