@@ -17,6 +17,7 @@ from mval.files import check_output_path, write_output
 
 TABLE_ROWS = 40  # rows shown on a terminal; csv/json/parquet are always complete
 TABLE_STR = 40  # characters shown per text cell on a terminal
+FILE_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}  # what -o FILE holds
 
 
 def _clean(value: Any) -> Any:
@@ -80,11 +81,34 @@ def emit(data: pl.DataFrame | Sequence[dict], fmt: str, path: str | Path | None 
         write_output(path, lambda buffer: buffer.write((text + "\n").encode()))
 
 
-def format_option(*choices: str, default: str = "table") -> Callable:
-    """`--format` with the given choices (shared by every command)."""
+def file_format(fmt: str | None, path: str | Path | None) -> str:
+    """The format to print or write in: `fmt` as given (None: no --format), checked against the extension of
+    the output file `path`, which picks the format when none is given. Printing defaults to a table; a table
+    is never written to a file. Checks `path` (folder, permissions) too, so call it before any work."""
+    if path is None:
+        return fmt or "table"
+    path = check_output_path(path)
+    suffix = path.suffix.lower()
+    if suffix not in FILE_FORMATS:
+        raise MvalError(f"-o {path}: unknown file type {path.suffix or '(none)'}; use .csv, .json, .parquet or .pq "
+                        "(json is written as one JSON array; a table is only printed)")
+    from_name = FILE_FORMATS[suffix]
+    if fmt == "table":
+        raise MvalError(f"-o {path}: --format table is only printed, never written to a file; "
+                        f"drop --format to write {from_name}, as the extension says")
+    if fmt is not None and fmt != from_name:
+        raise MvalError(f"-o {path}: --format {fmt} contradicts the file's extension {path.suffix}; "
+                        f"drop --format to write {from_name}, or name the file .{fmt}")
+    return from_name
+
+
+def format_option(*choices: str, default: str | None = "table") -> Callable:
+    """`--format` with the given choices (shared by every command); `default=None`: a table when printing, the
+    extension of the output file otherwise (see `file_format`)."""
     return click.option(
-        "--format", "fmt", type=click.Choice(choices), default=default, show_default=True,
-        help="Output format: table for people, json/csv for scripts.",
+        "--format", "fmt", type=click.Choice(choices), default=default,
+        show_default=True if default is not None else "table, or the -o file's extension",
+        help="Output format: table for people, " + "/".join(c for c in choices if c != "table") + " for scripts.",
     )
 
 
@@ -92,4 +116,4 @@ def stderr(message: str) -> None:
     click.echo(message, err=True)
 
 
-__all__ = ["emit", "format_option", "render", "stderr", "to_frame"]
+__all__ = ["emit", "file_format", "format_option", "render", "stderr", "to_frame"]

@@ -97,7 +97,7 @@ BAD_COMMANDS = [
     # click's usage errors: one line too, with where to find the usage
     (lambda s, t: ["query", t, "SELECT 1"], r"Invalid value for 'STORE': .* is a directory. \(`mval query --help`"),
     (lambda s, t: ["evaluate"], r"Missing argument 'STORE'. \(`mval evaluate --help` shows the usage\)"),
-    (lambda s, t: ["policy", "ad", s], r"No such command 'ad'. \(`mval policy --help`"),
+    (lambda s, t: ["policy", "ad", s], r"No such command 'ad'.* \(`mval policy --help` shows the usage\)"),
 ]
 
 

@@ -170,7 +170,7 @@ def test_a_full_disk_is_one_line_and_leaves_the_store_as_it_was(store, tmp_path,
     res = CliRunner().invoke(main, ["design", str(store), "--target", "A", "--budget", "500", "-o", str(full)])
     assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
     assert res.output.startswith(f"Error: {full}: cannot write (No space left on device)"), res.output
-    res = CliRunner().invoke(main, ["query", str(store), "SELECT 1 AS x", "--format", "csv", "-o", str(full)])
+    res = CliRunner().invoke(main, ["query", str(store), "SELECT 1 AS x", "-o", str(full)])  # format from the suffix
     assert res.exit_code == 2 and "cannot write" in res.output, res.output
     with open_store(store, read_only=True) as con:
         assert con.execute("SELECT count(*) FROM policies WHERE policy = 'mval-A'").fetchall() == [(0,)]

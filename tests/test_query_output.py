@@ -1,0 +1,144 @@
+"""`mval query` output: the format of a result file, and DuckDB types that polars cannot take as they are."""
+
+import csv
+import io
+import json
+
+import polars as pl
+import pytest
+from conftest import as_ingested, run_cli
+
+from mval.store import open_store
+
+CONTEXT = "user-" + "x" * 60  # longer than a table cell shows
+
+
+@pytest.fixture
+def events_store(store):
+    """A store with 100 events, one a second from 2019-11-24 00:00:00, contexts CONTEXT0 ... CONTEXT99."""
+    with open_store(store) as con:
+        con.execute("INSERT INTO events (event_id, ingest_id, logger, context_id, action, propensity, reward, ts) "
+                    "SELECT i, 1, 'random', ? || i, i % 4, 0.25, i % 2, TIMESTAMP '2019-11-24' + to_seconds(i) "
+                    "FROM range(100) AS t(i)", [CONTEXT])
+        as_ingested(con, 1, "random", 100)
+    return store
+
+
+def _refused(result) -> str:
+    """The one `Error: ...` line of a refused command (exit 2, no traceback)."""
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+def _read(path, fmt: str) -> list[dict]:
+    if fmt == "csv":
+        return list(csv.DictReader(io.StringIO(path.read_text())))
+    if fmt == "json":
+        return json.loads(path.read_text())
+    return pl.read_parquet(path).to_dicts()
+
+
+@pytest.mark.parametrize("name, fmt", [("ev.csv", "csv"), ("ev.json", "json"), ("ev.parquet", "parquet"),
+                                       ("ev.pq", "parquet"), ("EV.CSV", "csv")])
+def test_output_file_without_format_is_written_in_its_extensions_format(events_store, tmp_path, name, fmt):
+    """All 100 rows, exact, not the 40-row terminal table."""
+    out = tmp_path / name
+    sql = "SELECT event_id, context_id FROM events ORDER BY event_id LIMIT 100"
+    result = run_cli("query", events_store, sql, "-o", out)
+    assert result.output == ""
+    rows = _read(out, fmt)
+    assert [int(r["event_id"]) for r in rows] == list(range(100))
+    assert [r["context_id"] for r in rows] == [f"{CONTEXT}{i}" for i in range(100)]
+
+
+@pytest.mark.parametrize("fmt, name, hint", [
+    ("json", "out.csv", "drop --format to write csv, or name the file .json"),
+    ("csv", "out.json", "drop --format to write json, or name the file .csv"),
+    ("parquet", "out.csv", "drop --format to write csv, or name the file .parquet"),
+    ("csv", "out.pq", "drop --format to write parquet, or name the file .csv"),
+    ("table", "out.csv", "drop --format to write csv"),
+])
+def test_format_that_contradicts_the_output_file_is_refused(events_store, tmp_path, fmt, name, hint):
+    result = run_cli("query", events_store, "SELECT * FROM events", "--format", fmt, "-o", tmp_path / name, ok=False)
+    line = _refused(result)
+    assert f"-o {tmp_path / name}: " in line and hint in line
+    assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("name", ["ev.txt", "ev.jsonl", "ev.tsv", "ev"])
+@pytest.mark.parametrize("fmt", [None, "csv", "table"])
+def test_output_file_of_a_type_query_cannot_write_is_refused(events_store, tmp_path, name, fmt):
+    """`.jsonl` too: the json format is one JSON array, not JSON lines; a table is never written to a file."""
+    given = [] if fmt is None else ["--format", fmt]
+    result = run_cli("query", events_store, "SELECT * FROM events", *given, "-o", tmp_path / name, ok=False)
+    line = _refused(result)
+    assert f"-o {tmp_path / name}: unknown file type" in line and "use .csv, .json, .parquet" in line
+    assert not (tmp_path / name).exists()
+
+
+def _all_formats(store, tmp_path, sql: str) -> dict[str, object]:
+    """The value of the one cell `x` of `sql` as each format gives it (the table: its printed text)."""
+    got = {}
+    got["csv"] = _read_csv_cell(run_cli("query", store, sql, "--format", "csv").output)
+    got["json"] = json.loads(run_cli("query", store, sql, "--format", "json").output)[0]["x"]
+    run_cli("query", store, sql, "--format", "parquet", "-o", tmp_path / "x.parquet")
+    got["parquet"] = pl.read_parquet(tmp_path / "x.parquet")["x"].to_list()[0]
+    got["table"] = run_cli("query", store, sql).output
+    return got
+
+
+def _read_csv_cell(text: str) -> str:
+    header, row = csv.reader(io.StringIO(text))
+    assert header == ["x"]
+    return row[0]
+
+
+@pytest.mark.parametrize("sql, text", [
+    ("SELECT max(ts) - min(ts) AS x FROM events", "00:01:39"),  # INTERVAL: polars cannot import it
+    ("SELECT union_value(k := 1) AS x", "1"),  # UNION: polars cannot import it
+    (r"SELECT '\xAA'::BLOB AS x", r"\xAA"),  # polars' binary: csv refuses it, table and json show b'...'
+    ("SELECT BIT '101' AS x", "101"),
+    ("SELECT '1267650600228229401496703205376'::BIGNUM AS x", "1267650600228229401496703205376"),
+    ("SELECT '12:00:00+02'::TIMETZ AS x", "12:00:00+02"),  # polars' Time would drop the offset
+])
+def test_types_polars_cannot_take_are_shown_as_duckdb_text_in_every_format(events_store, tmp_path, sql, text):
+    got = _all_formats(events_store, tmp_path, sql)
+    assert {f: got[f] for f in ("csv", "json", "parquet")} == {"csv": text, "json": text, "parquet": text}
+    assert f"│ {text} │" in got["table"]
+
+
+@pytest.mark.parametrize("sql, value", [
+    ("SELECT [INTERVAL 1 DAY, NULL] AS x", ["1 day", None]),
+    (r"SELECT {'b': '\xAA'::BLOB, 'n': 2} AS x", {"b": r"\xAA", "n": 2}),
+    ("SELECT map([1, 2], [10, 20]) AS x", {"1": 10, "2": 20}),  # csv writes a map as a JSON object: text keys
+    ("SELECT [map([1], [INTERVAL 2 HOURS])] AS x", [{"1": "02:00:00"}]),
+])
+def test_nested_values_keep_their_shape_with_such_types_as_text(events_store, tmp_path, sql, value):
+    got = _all_formats(events_store, tmp_path, sql)
+    assert json.loads(got["csv"]) == value and got["json"] == value
+    assert got["parquet"] == value
+    assert "Traceback" not in got["table"]
+
+
+@pytest.mark.parametrize("sql, text", [
+    ("SELECT 'infinity'::DATE AS x", "infinity"),  # polars' table panics on it
+    ("SELECT '-infinity'::TIMESTAMP AS x", "-infinity"),
+    ("SELECT '10000-01-01'::DATE AS x", "10000-01-01"),  # json goes through Python's datetime: years 1 to 9999
+    ("SELECT '0001-01-01 (BC)'::TIMESTAMP_MS AS x", "0001-01-01 (BC) 00:00:00"),
+])
+def test_dates_python_cannot_hold_are_shown_as_duckdb_text_in_every_format(events_store, tmp_path, sql, text):
+    got = _all_formats(events_store, tmp_path, sql)
+    assert {f: got[f] for f in ("csv", "json", "parquet")} == {"csv": text, "json": text, "parquet": text}
+    assert f"│ {text} │" in got["table"]
+
+
+def test_dates_within_years_1_to_9999_stay_dates(events_store, tmp_path):
+    """Only a column with a date beyond them becomes text; the query's other dates keep their type."""
+    sql = ("SELECT ts, CASE WHEN event_id = 99 THEN 'infinity'::TIMESTAMP ELSE ts END AS ends "
+           "FROM events ORDER BY event_id")
+    run_cli("query", events_store, sql, "--format", "parquet", "-o", tmp_path / "x.parquet")
+    frame = pl.read_parquet(tmp_path / "x.parquet")
+    assert frame.schema == {"ts": pl.Datetime("us"), "ends": pl.String}
+    assert frame["ends"].to_list()[98:] == ["2019-11-24 00:01:38", "infinity"]
