@@ -8,6 +8,8 @@ level file instead, to train on again.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,8 +55,12 @@ def flagged_ids(con: duckdb.DuckDBPyConnection, dataset: str, method: str, conce
         "AND s.method = ? AND s.concept = ? WHERE e.dataset = ?", [method, concept, dataset]
     ).fetchall()[0][0]
     if missing:
+        from attribution.scorers import SCORERS  # here: it imports torch
+
+        whole = hasattr(SCORERS.get(method), "fit")  # influence: every score depends on the whole dataset
+        rerun = "with --replace (its scores depend on the whole dataset)" if whole else "(it resumes)"
         raise MvalError(f"dataset {dataset!r}: {missing} examples have no {method} score for concept {concept!r}; "
-                        "rerun `mval score` (it resumes) before curating")
+                        f"rerun `mval score` {rerun} before curating")
     order = ("SELECT s.example_id FROM scores s JOIN examples e USING (dataset, example_id) "
              "WHERE s.dataset = ? AND s.method = ? AND s.concept = ? ")
     if drop_top is not None:
@@ -72,6 +78,8 @@ def curate(con: duckdb.DuckDBPyConnection, dataset: str, method: str, out: str |
         raise MvalError("give exactly one of --drop-top K or --drop-above S")
     if drop_top is not None and drop_top < 0:
         raise MvalError(f"--drop-top {drop_top}: must be 0 or more")
+    if drop_above is not None and math.isnan(drop_above):
+        raise MvalError("--drop-above nan: give a number (examples scoring above it are dropped)")
     examples = load_examples(con, dataset)
     concept = resolve_concept(con, dataset, method, concept)
     drop = flagged_ids(con, dataset, method, concept, drop_top, drop_above)

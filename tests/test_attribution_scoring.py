@@ -196,7 +196,9 @@ def test_curate_drops_top_or_above_in_the_input_format(filled, model, tmp_path):
     ({"drop_top": 2, "method": "gradient"}, r"has no gradient scores; run `mval score`"),
     ({"drop_top": 2}, r"--concept \(not given\): dataset 'sft' has probe scores for concepts c, d; name one"),
     ({"drop_top": 2, "concept": "other"}, r"--concept other: dataset 'sft' has probe scores for concepts c, d"),
-    ({"drop_top": 2, "concept": "d"}, r"2 examples have no probe score for concept 'd'"),
+    ({"drop_top": 2, "concept": "d"}, r"2 examples have no probe score for concept 'd'; rerun `mval score` "
+                                      r"\(it resumes\)"),
+    ({"drop_above": float("nan")}, r"--drop-above nan: give a number"),  # it dropped nothing
 ])
 def test_curate_refusals(filled, model, tmp_path, args, match):
     request = ScoreRequest(CONCEPT, batch_size=7)

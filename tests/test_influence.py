@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 from attribution.commands import examples, score
 from attribution.concept import concept_score
+from attribution.curate import curate as curate_dataset
 from attribution.examples import Example, add_examples
 from attribution.influence import concept_measure, tracked_modules
 from attribution.models import Batch
@@ -270,6 +271,8 @@ def test_adding_examples_refuses_to_resume_influence_on_the_old_hessian(model, s
         add_examples(con, "sft", tmp_path / "b.jsonl")
         with pytest.raises(MvalError, match="made with a different training set; .* --replace"):
             score_dataset(con, "sft", "influence", "c", model, make_scorer("influence", request), request)
+        with pytest.raises(MvalError, match=r"rerun `mval score` with --replace \(its scores depend on the whole"):
+            curate_dataset(con, "sft", "influence", tmp_path / "kept.jsonl", drop_top=1)  # it said "(it resumes)"
         assert score_dataset(con, "sft", "gradient", "c", model, make_scorer("gradient", request), request).scored == 4
         replaced = score_dataset(con, "sft", "influence", "c", model, make_scorer("influence", request), request,
                                  replace=True)
