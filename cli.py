@@ -114,7 +114,9 @@ def _parse_map(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--map", "mapping", multiple=True, metavar="STORE_COL=FILE_COL",
               help="Rename a file column to a store column (repeatable); STORE_COL= leaves an optional "
                    "column of the file unread (e.g. event_id=).")
-@click.option("--features", help="Gather these numeric columns into `features` (comma list, globs allowed: 'x_*').")
+@click.option("--features", help="Gather these numeric columns into `features` (comma list, globs allowed: 'x_*'), "
+                                 "in the order given, a glob's matches in natural order (x_2 before x_10), "
+                                 "each column once; the file's column order does not matter.")
 @click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="How to print the result.")
 def ingest(store: str, file: str, logger: str, fmt: str, mapping: tuple[str, ...], features: str | None,

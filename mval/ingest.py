@@ -4,20 +4,25 @@ validated in SQL, in one transaction.
 Formats:
 - `generic`: the store's own column names (`action`, `propensity`, `reward`; optional `context_id`,
   `features`, `action_probs`, `position`, `ts`, `event_id`), renamed with `mapping` {store_col: file_col};
-  features from one list column or gathered from several numeric columns (`features=[...]`, globs allowed).
+  features from one list column or gathered from several numeric columns (`features=[...]`, globs allowed),
+  in the order of the patterns as given and, within one glob, in natural order (f_2 before f_10), so the
+  vectors do not depend on the file's column order.
   `event_id` is the file's own id of each event, kept as `source_event_id`: a row whose id the store
   already holds for the logger, with the same content, is skipped (a log appended to and ingested again
   adds only its new rows); the same id with other content is refused.
 - `obd`: the Open Bandit Dataset layout (timestamp, item_id, position, click, propensity_score,
   user_feature_*, user-item_affinity_*): action = item_id, reward = click, context_id = the
-  user features joined by '|', features = the user-item affinities. Positions are kept as published.
+  user features joined by '|', features = the user-item affinities (both in natural order of their
+  column names). Positions are kept as published.
   No event id: every row is added.
 """
 
 from __future__ import annotations
 
+import csv
 import fnmatch
 import hashlib
+import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,19 +30,23 @@ from pathlib import Path
 import duckdb
 
 from mval.errors import MvalError
-from mval.files import file_reader, key_text_sql, relation_for_file, sql_ident, table_sql
+from mval.files import file_reader, key_text_sql, relation_for_file, sql_ident, table_sql, utf8_line
 from mval.store import add_event_cells, load_sql, transaction
 
 FORMATS = ("generic", "obd")
 STORE_COLUMNS = ("context_id", "features", "action", "propensity", "reward", "action_probs", "position", "ts", "event_id")
 REQUIRED = ("action", "propensity", "reward")
 
-# rule -> (column, what it must be, how to fix)
+INTEGER_MAX = 2**31 - 1  # the store's INTEGER (events.action, events.position)
+_FLOAT_ID_FIX = ("ids are compared as text, so 1.0 would not match the 1 of another file: write the column as "
+                 "integers or text (pandas: df[{column!r}].astype('Int64') before writing)")
+
+# rule -> (store column, what it must be, how to fix); {column!r} in the fix: the file's column
 RULES = {
-    "bad_action": ("action", "a non-negative integer", "actions are 0-based integers"),
+    "bad_action": ("action", f"an integer from 0 to {INTEGER_MAX}", "actions are 0-based integers"),
     "bad_propensity": ("propensity", "in (0, 1]", "log the probability of the shown action under the logger"),
     "bad_reward": ("reward", "a finite number", "drop or fill rows with missing rewards"),
-    "bad_position": ("position", "a non-negative integer or empty", "fix the position column"),
+    "bad_position": ("position", f"an integer from 0 to {INTEGER_MAX} or empty", "fix the position column"),
     "bad_action_probs": (
         "action_probs",
         "a distribution over actions (sums to 1, covers the action, equals propensity at the action)",
@@ -48,7 +57,13 @@ RULES = {
     "bad_features": ("features", "finite numbers only",
                      "write a list like [0.1, 2] (or name numeric columns with --features) and fill or drop missing values"),
     "bad_ts": ("ts", "a timestamp", "use ISO 8601 (2024-01-31 12:00:00)"),
+    "float_context_id": ("context_id", "an integer or text id, not a float", _FLOAT_ID_FIX),
+    "float_event_id": ("event_id", "an integer or text id, not a float", _FLOAT_ID_FIX),
 }
+_STAGED_AS = {"event_id": "source_event_id"}  # store column -> its column in `staged`, where the names differ
+# a feature gathered from one column that is missing or not a finite number (the rule bad_features)
+_BAD_GATHERED = ("a finite number (gathered into features)", "fill or drop missing values, or leave the column out of "
+                 "--features")
 
 
 @dataclass(frozen=True)
@@ -102,16 +117,52 @@ def _raw_columns(sources: dict[str, str], types: dict[str, str]) -> dict[str, st
             for col, src in sources.items() if may_fail(col, types[src])}
 
 
+def _natural_key(name: str) -> tuple[list[str | int], str]:
+    """Sort key: runs of digits compare as numbers (f_2 before f_10); the name itself breaks ties (f_01, f_1)."""
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"([0-9]+)", name))], name
+
+
+def _natural_sorted(columns: list[str]) -> list[str]:
+    return sorted(columns, key=_natural_key)
+
+
 def _resolve_features(columns: list[str], patterns: list[str], path: Path) -> list[str]:
-    chosen = [c for c in columns if any(fnmatch.fnmatchcase(c, p) for p in patterns)]
-    if not chosen:
-        raise MvalError(f"{path}: no column matches --features {','.join(patterns)}; columns are {', '.join(columns)}")
-    return chosen
+    """The feature columns in the order of `patterns`, not of the file (two exports of one log with their
+    columns in another order must store the same vectors): a name where it is given, a glob's matches in
+    natural order; case-sensitive; each column once, where first named. A pattern that matches nothing
+    is refused (a misspelt name would drop its feature from every vector)."""
+    chosen: dict[str, None] = {}
+    for pattern in patterns:
+        matched = _natural_sorted([c for c in columns if fnmatch.fnmatchcase(c, pattern)])
+        if not matched:
+            raise MvalError(f"{path}: no column matches --features {pattern}; columns are {', '.join(columns)}")
+        chosen |= dict.fromkeys(matched)
+    return list(chosen)
+
+
+def _gathered_features(columns: list[str]) -> dict[str, str]:
+    """`features` as the list of `columns` cast to numbers, and `_features_text`, their text as written
+    (for the error message only: an unused column of the `staged` view is not computed)."""
+    return {
+        "features": "[" + ", ".join(f"TRY_CAST({sql_ident(c)} AS DOUBLE)" for c in columns) + "]",
+        "_features_text": "[" + ", ".join(f"nullif(trim(CAST({sql_ident(c)} AS TEXT)), '')" for c in columns) + "]",
+    }
+
+
+@dataclass(frozen=True)
+class Staging:
+    """How the file's columns become the store's: `exprs` (staged column -> SQL over the file), `sources`
+    (store column -> the file column it is read from, for messages) and `feature_columns` (the file columns
+    gathered into `features`, in order; empty when features come from one list column or none)."""
+
+    exprs: dict[str, str]
+    sources: dict[str, str]
+    feature_columns: list[str]
 
 
 def _generic_columns(
     columns: list[str], types: dict[str, str], path: Path, mapping: dict[str, str], features: list[str] | None
-) -> dict[str, str]:
+) -> Staging:
     unknown = sorted(set(mapping) - set(STORE_COLUMNS))
     if unknown:
         raise MvalError(f"--map {unknown[0]}=...: unknown store column; store columns are {', '.join(STORE_COLUMNS)}")
@@ -138,18 +189,18 @@ def _generic_columns(
     out |= _raw_columns({col: source[col] for col in PARSED if source[col] in columns}, types)
     if source["context_id"] in columns:
         out["context_id"] = key_text_sql(path, source["context_id"], types[source["context_id"]])
-    if features:
-        cols = _resolve_features(columns, features, path)
-        out["features"] = "[" + ", ".join(f"TRY_CAST({sql_ident(c)} AS DOUBLE)" for c in cols) + "]"
-        out.pop("_features_raw", None)  # missing values show as NULL elements instead
+    gathered = _resolve_features(columns, features, path) if features else []
+    if gathered:
+        out |= _gathered_features(gathered)
+        out.pop("_features_raw", None)  # a missing or bad value is one element: `_features_text` shows it
     if source["ts"] in columns:
         out["ts"] = _timestamp_expr(source["ts"], types[source["ts"]])
     if source["event_id"] in columns:
         out["source_event_id"] = key_text_sql(path, source["event_id"], types[source["event_id"]])
-    return out
+    return Staging(out, {col: src for col, src in source.items() if src in columns}, gathered)
 
 
-def _obd_columns(columns: list[str], types: dict[str, str], path: Path) -> dict[str, str]:
+def _obd_columns(columns: list[str], types: dict[str, str], path: Path) -> Staging:
     need = ["timestamp", "item_id", "position", "click", "propensity_score"]
     missing = [c for c in need if c not in columns]
     if missing:
@@ -157,8 +208,8 @@ def _obd_columns(columns: list[str], types: dict[str, str], path: Path) -> dict[
             f"{path}: missing column {missing[0]!r} of the Open Bandit Dataset layout; "
             "use --format generic for other layouts"
         )
-    users = [c for c in columns if c.startswith("user_feature_")]
-    affinities = [c for c in columns if c.startswith("user-item_affinity_")]
+    users = _natural_sorted([c for c in columns if c.startswith("user_feature_")])
+    affinities = _natural_sorted([c for c in columns if c.startswith("user-item_affinity_")])
     out = {
         "action": 'TRY_CAST("item_id" AS DOUBLE)',
         "propensity": 'TRY_CAST("propensity_score" AS DOUBLE)',
@@ -170,13 +221,17 @@ def _obd_columns(columns: list[str], types: dict[str, str], path: Path) -> dict[
     if users:
         out["context_id"] = "concat_ws('|', " + ", ".join(f"CAST({sql_ident(c)} AS TEXT)" for c in users) + ")"
     if affinities:
-        out["features"] = "[" + ", ".join(f"TRY_CAST({sql_ident(c)} AS DOUBLE)" for c in affinities) + "]"
-    return out
+        out |= _gathered_features(affinities)
+    sources = {"action": "item_id", "propensity": "propensity_score", "reward": "click", "position": "position",
+               "ts": "timestamp"}
+    return Staging(out, sources, affinities)
 
 
 def _stage(con: duckdb.DuckDBPyConnection, path: Path, exprs: dict[str, str], columns: list[str]) -> None:
     """Create the temp view `staged` (typed store columns, the raw text of parsed ones, and `_row`,
-    1-based row in the file). CSV and JSON are read as text: no type is guessed from the first rows."""
+    1-based row in the file). CSV and JSON are read as text: no type is guessed from the first rows
+    (`_text_ids`: so their ids are the file's text)."""
+    text = file_reader(path) != "read_parquet"
     typed = {
         "context_id": "CAST(NULL AS TEXT)",
         "features": "CAST(NULL AS DOUBLE[])",
@@ -185,30 +240,48 @@ def _stage(con: duckdb.DuckDBPyConnection, path: Path, exprs: dict[str, str], co
         "ts": "CAST(NULL AS TIMESTAMP)",
         "source_event_id": "CAST(NULL AS TEXT)",
         **{f"_{col}_raw": "CAST(NULL AS TEXT)" for col in PARSED},
+        "_features_text": "CAST(NULL AS TEXT[])",
+        "_text_ids": "true" if text else "false",
     } | exprs
     select = ", ".join(f"{expr} AS {name}" for name, expr in typed.items())
-    if file_reader(path) == "read_parquet":  # the row number comes free with the scan
+    if not text:  # Parquet: the row number comes free with the scan
         source = "SELECT *, file_row_number + 1 AS _row FROM read_parquet(?, file_row_number = true)"
     else:
         source = f"SELECT *, row_number() OVER () AS _row FROM {table_sql(path, columns)}"
     con.sql(f"SELECT {select}, _row FROM ({source})", params=[str(path)]).create_view("staged", replace=True)
 
 
-def _first_violation(con: duckdb.DuckDBPyConnection, path: Path, rule: str, count: int) -> MvalError:
-    """The error for the first row that fails `rule`, showing the value as the file writes it where the
-    file's text is kept (a failed cast would show [NULL, NULL] for [[1, 2], [3]])."""
+def _as_text(value: str) -> str:
+    """SQL: a staged DOUBLE as text, a whole number without ".0" (99999999999, not 99999999999.0)."""
+    return (f"CASE WHEN {value} = trunc({value}) AND abs({value}) < 1e18 THEN CAST(CAST({value} AS BIGINT) AS TEXT) "
+            f"ELSE CAST({value} AS TEXT) END")
+
+
+def _first_violation(con: duckdb.DuckDBPyConnection, path: Path, rule: str, count: int, staging: Staging) -> MvalError:
+    """The error for the first row that fails `rule`, naming the file's column and showing the value as the
+    file writes it where the file's text is kept (a failed cast would show [NULL, NULL] for [[1, 2], [3]])."""
     column, must_be, fix = RULES[rule]
-    shown = f"coalesce(s._{column}_raw, CAST(s.{column} AS TEXT))" if column in PARSED else f"CAST(s.{column} AS TEXT)"
-    row, value = con.execute(
-        f"SELECT c._row, {shown} FROM staged_checks c JOIN staged s USING (_row) "
+    staged = f"s.{_STAGED_AS.get(column, column)}"
+    shown = _as_text(staged) if column in ("action", "position") else f"CAST({staged} AS TEXT)"
+    if column in PARSED:
+        shown = f"coalesce(s._{column}_raw, {shown})"
+    row, value, features, texts = con.execute(
+        f"SELECT c._row, {shown}, s.features, s._features_text FROM staged_checks c JOIN staged s USING (_row) "
         f"WHERE c.{rule} ORDER BY c._row LIMIT 1"
     ).fetchall()[0]
-    found = "missing or not a number" if value is None else f"found {value}"
+    name = staging.sources.get(column, column)
+    if rule == "bad_features" and staging.feature_columns:  # one element of the row: name its column
+        bad = next(i for i, f in enumerate(features) if f is None or not math.isfinite(f))
+        name, value, (must_be, fix) = staging.feature_columns[bad], texts[bad], _BAD_GATHERED
+        found = "found missing" if value is None else f"found {value}"
+    else:
+        found = "missing or not a number" if value is None else f"found {value}"
     more = f" ({count - 1} more rows like it)" if count > 1 else ""
-    return MvalError(f"{path}: row {row}, column {column}: must be {must_be}, {found}{more}; {fix}")
+    return MvalError(f"{path}: row {row}, column {name}: must be {must_be}, {found}{more}; "
+                     f"{fix.format(column=name)}")
 
 
-def _validate(con: duckdb.DuckDBPyConnection, path: Path) -> int:
+def _validate(con: duckdb.DuckDBPyConnection, path: Path, staging: Staging) -> int:
     """Run every rule over the staged rows in one scan; raise on the first failing rule. Returns rows."""
     con.execute(load_sql("ingest_checks"))
     counts_sql = ("SELECT count(*), min(features_len), max(features_len), "
@@ -216,7 +289,7 @@ def _validate(con: duckdb.DuckDBPyConnection, path: Path) -> int:
     rows, min_len, max_len, *counts = con.execute(counts_sql).fetchall()[0]
     for rule, count in zip(RULES, counts):
         if count:
-            raise _first_violation(con, path, rule, count)
+            raise _first_violation(con, path, rule, count, staging)
     if rows == 0:
         raise MvalError(f"{path}: the file has no rows")
     # every stored row has the store's one dimension (this check keeps it so): one row tells it
@@ -280,11 +353,50 @@ def _already_ingested(path: Path, logger: str, ingest_id: int, stored_logger: st
 
 # DuckDB's JSON reader on an object with a repeated key (first line of its message)
 _REPEATED_KEY = re.compile(r'in (line|record)(?:/value)? (\d+): Object .* has duplicate key "(.*)"$')
+# DuckDB's CSV reader on a line with more or fewer fields than the header (its "Original Line" may hold a newline)
+_RAGGED_LINE = re.compile(r"CSV Error on Line: (\d+)\n(?s:.*?)\nExpected Number of Columns: (\d+) Found: (\d+)")
+
+
+def _ragged_line(path: Path, message: str) -> MvalError | None:
+    ragged = _RAGGED_LINE.search(message)
+    if ragged is None:
+        return None
+    line, header, found = ragged.groups()
+    return MvalError(f"{path}: line {line} has {found} fields, the header {header}; give every line one field per "
+                     "header column (quote a value that holds the delimiter), or drop the line")
+
+
+def _check_csv_width(con: duckdb.DuckDBPyConnection, path: Path, width: int) -> None:
+    """Refuse a CSV file with a line of more or fewer fields than its header, naming the line; called
+    when the file's columns were not found. DuckDB's sniffer reads a sample: a ragged line in it makes the
+    file look like one without a header (columns column0.., the lines before the widest one skipped) or
+    with another delimiter. Only when the `width` sniffed does not match the header line (one line read
+    here) is the file read again, with the header's delimiter and width, to find the line. A ragged line
+    past the sample fails the ingest's own scan instead (see `_read_error`)."""
+    with path.open("rb") as f:
+        first = utf8_line(f.readline(), f"{path} line 1").removeprefix("\ufeff").rstrip("\r\n")
+    delimiter = max(",\t;|", key=first.count)
+    if delimiter not in first:
+        return  # one column, or a line before the header: nothing to compare
+    header = next(csv.reader([first], delimiter=delimiter))
+    if len(header) == width:
+        return
+    columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(header))) + "}"
+    try:
+        con.execute(f"SELECT count(*) FROM read_csv(?, auto_detect = false, header = true, delim = ?, "
+                    f"quote = '\"', escape = '\"', columns = {columns})", [str(path), delimiter])
+    except duckdb.Error as e:
+        ragged = _ragged_line(path, str(e))
+        if ragged is not None:
+            raise ragged from e
 
 
 def _read_error(path: Path, e: duckdb.Error) -> MvalError:
     """A DuckDB error while the file is read or stored, as one line; a JSON object with a repeated key
-    names the line and the key."""
+    names the line and the key, a CSV line with more or fewer fields than the header its line."""
+    ragged = _ragged_line(path, str(e))
+    if ragged is not None:
+        return ragged
     message = str(e).splitlines()[0]
     repeated = _REPEATED_KEY.search(message)
     if repeated:
@@ -313,15 +425,20 @@ def ingest_file(
     if seen:
         return _already_ingested(path, logger, *seen[0])
     types = dict(zip(rel.columns, (str(t) for t in rel.types)))
-    if fmt == "obd":
-        exprs = _obd_columns(rel.columns, types, path)
-    else:
-        exprs = _generic_columns(rel.columns, types, path, mapping or {}, features)
     try:
-        _stage(con, path, exprs, rel.columns)
-        rows = _validate(con, path)
+        if fmt == "obd":
+            staging = _obd_columns(rel.columns, types, path)
+        else:
+            staging = _generic_columns(rel.columns, types, path, mapping or {}, features)
+    except MvalError:
+        if file_reader(path) == "read_csv":  # columns missing: a ragged line may have misled the sniffer
+            _check_csv_width(con, path, len(rel.columns))
+        raise
+    try:
+        _stage(con, path, staging.exprs, rel.columns)
+        rows = _validate(con, path, staging)
         unchecked = 0
-        if "source_event_id" in exprs:
+        if "source_event_id" in staging.exprs:
             known = _known_events(con, path, (mapping or {}).get("event_id", "event_id"), logger)
             con.execute(load_sql("ingest_new_rows"))
             unchecked = con.execute("SELECT count(*) FROM events WHERE logger = ? AND source_event_id IS NULL",

@@ -3,6 +3,8 @@
 -- columns, so a value that is there but does not parse is refused instead of stored as missing).
 -- `mval ingest` counts each rule in one scan and, only when a rule fails, looks up the first
 -- failing row for the error message (showing the file's text of the value where it has one).
+-- `_text_ids`: the ids are the file's text (CSV, JSON), where a whole number written as a float (1.0,
+-- as pandas writes an integer column with a missing value) would not match the 1 of another file.
 CREATE OR REPLACE TEMP VIEW staged_checks AS
 SELECT
     _row,
@@ -22,5 +24,7 @@ SELECT
     -- a list inside the list ([[1, 2], [3]], [1, [2]]) casts to NULL elements: say so (refused rows only)
     CASE WHEN bad_features THEN coalesce(regexp_matches(_features_raw, '^\s*\[[^\]]*\['), false)
          ELSE false END                                                           AS nested_features,
-    _ts_raw IS NOT NULL AND ts IS NULL                                            AS bad_ts
+    _ts_raw IS NOT NULL AND ts IS NULL                                            AS bad_ts,
+    _text_ids AND regexp_full_match(context_id, '-?[0-9]+\.0+')                   AS float_context_id,
+    _text_ids AND regexp_full_match(source_event_id, '-?[0-9]+\.0+')             AS float_event_id
 FROM staged;

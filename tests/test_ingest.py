@@ -140,15 +140,15 @@ BAD_ROWS = [
     ("propensity", None, "row 3, column propensity: .* missing or not a number"),
     ("reward", None, "row 3, column reward: must be a finite number, missing"),
     ("reward", float("nan"), "row 3, column reward: must be a finite number"),
-    ("action", -1, "row 3, column action: must be a non-negative integer, found -1"),
-    ("action", 1.5, "row 3, column action: must be a non-negative integer, found 1.5"),
-    ("action", "abc", "row 3, column action: must be a non-negative integer, missing or not a number"),
+    ("action", -1, "row 3, column action: must be an integer from 0 to 2147483647, found -1;"),
+    ("action", 1.5, "row 3, column action: must be an integer from 0 to 2147483647, found 1.5"),
+    ("action", "abc", "row 3, column action: must be an integer from 0 to 2147483647, missing or not a number"),
     # optional columns: a value that is there but does not parse is refused, not stored as missing
     ("features", "1;2", "row 3, column features: must be finite numbers only, found 1;2"),
     ("features", [1.0, "inf"], "row 3, column features: must be finite numbers only"),
     ("action_probs", "0.5 0.5", "row 3, column action_probs: must be a distribution .* found 0.5 0.5"),
     ("action_probs", [0.5, 0.5, None], r"row 3, column action_probs: must be a distribution .* found \[0.5,0.5,null\]"),
-    ("position", "abc", "row 3, column position: must be a non-negative integer or empty, found abc"),
+    ("position", "abc", "row 3, column position: must be an integer from 0 to 2147483647 or empty, found abc"),
     ("ts", "yesterday", "row 3, column ts: must be a timestamp, found yesterday"),
 ]
 
@@ -187,7 +187,7 @@ def test_values_after_the_first_rows_keep_their_type(store, tmp_path, suffix):
     with open_store(store) as con:
         ingest_file(con, tmp_path / f"reward{suffix}", "a")
         assert con.execute("SELECT reward FROM events WHERE event_id = 25000").fetchone()[0] == 0.5
-        with pytest.raises(MvalError, match="row 25001, column action: must be a non-negative integer, found 1.5"):
+        with pytest.raises(MvalError, match="row 25001, column action: must be an integer from 0 to 2147483647, found 1.5"):
             ingest_file(con, tmp_path / f"action{suffix}", "b")
 
 
@@ -535,3 +535,124 @@ def test_logs_without_event_ids_are_not_deduplicated(store, tmp_path):
         b = ingest_file(con, tmp_path / "b.parquet", "prod")
         nulls = con.execute("SELECT count(*) FROM events WHERE source_event_id IS NULL").fetchone()[0]
     assert (b.rows, b.already_stored, nulls) == (20, 0, 40)
+
+
+def _refused_and_store_unchanged(store, tmp_path, path: Path, match: str, **kwargs) -> None:
+    """Ingesting `path` (after an earlier good file without features) is refused with `match` and
+    leaves every table as it was."""
+    generic_log(rows=5, seed=11).drop("features").write_parquet(tmp_path / "earlier.parquet")
+    with open_store(store) as con:
+        ingest_file(con, tmp_path / "earlier.parquet", "earlier")
+    before = _all_tables(store)
+    with open_store(store) as con, pytest.raises(MvalError, match=match):
+        ingest_file(con, path, "a", **kwargs)
+    after = _all_tables(store)
+    for table in before:
+        assert before[table].equals(after[table]), table
+
+
+@pytest.mark.parametrize("file_order, patterns, gathered", [
+    (["f_a", "f_b"], ["f_*"], ["f_a", "f_b"]),
+    (["f_b", "f_a"], ["f_*"], ["f_a", "f_b"]),  # another export's column order: the same vectors
+    (["f_10", "f_2", "f_1", "F_3"], ["f_*"], ["f_1", "f_2", "f_10"]),  # natural order, case-sensitive
+    (["f_a", "f_b"], ["f_b", "f_a"], ["f_b", "f_a"]),  # names: the order given
+    (["f_a", "x", "f_b"], ["x", "f_*"], ["x", "f_a", "f_b"]),  # patterns in the order given
+    (["f_a", "f_b", "f_c"], ["f_c", "f_*"], ["f_c", "f_a", "f_b"]),  # each column once, where first named
+])
+def test_features_follow_the_patterns_not_the_file_order(store, tmp_path, file_order, patterns, gathered):
+    """Two exports of one log with their columns in another order must store the same vectors."""
+    rng = np.random.default_rng(3)
+    values = {name: rng.normal(size=4) for name in file_order}
+    frame = pl.DataFrame({"action": [0, 1, 1, 0], "propensity": [0.5] * 4, "reward": [1.0, 0.0, 1.0, 1.0],
+                          **values})
+    frame.write_csv(tmp_path / "f.csv")
+    with open_store(store) as con:
+        ingest_file(con, tmp_path / "f.csv", "a", features=patterns)
+        got = np.array(con.execute("SELECT list(features ORDER BY event_id) FROM events").fetchone()[0])
+    np.testing.assert_array_equal(got, np.column_stack([values[name] for name in gathered]))
+
+
+def test_a_features_pattern_that_matches_nothing_is_refused(store, tmp_path):
+    """A misspelt name among others would drop its column from every vector without a word."""
+    path = tmp_path / "f.csv"
+    path.write_text("action,propensity,reward,f_a,f_b\n0,0.5,1,0.1,0.2\n")
+    _refused_and_store_unchanged(store, tmp_path, path, r"f.csv: no column matches --features f_c; columns are",
+                                 features=["f_a", "f_c"])
+
+
+def _ragged_rows(rows: int, bad_row: int, bad: str) -> str:
+    return "action,propensity,reward\n" + "".join(bad if i == bad_row else "0,0.5,1\n" for i in range(rows))
+
+
+@pytest.mark.parametrize("text, line, fields", [
+    ("action,propensity,reward\n0,0.5,1\n1,0.5,0,EXTRA\n", 3, 4),
+    ("action,propensity,reward\n0,0.5,1\n1,0.5\n0,0.5,1\n", 3, 2),
+    ("action,propensity,reward\n1,0.5,0,EXTRA\n0,0.5,1\n", 2, 4),
+    ("action,propensity,reward\r\n0,0.5,1\r\n1,0.5,0,EXTRA\r\n", 3, 4),
+    ("action\tpropensity\treward\n0\t0.5\t1\n1\t0.5\n", 3, 2),
+    (_ragged_rows(100_000, 60_000, "1,0.5,0,EXTRA\n"), 60_002, 4),  # past the rows DuckDB's sniffer samples
+    (_ragged_rows(100_000, 60_000, "1,0.5\n"), 60_002, 2),
+], ids=["extra", "missing", "first-row", "crlf", "tsv", "extra-past-sample", "missing-past-sample"])
+def test_a_ragged_csv_line_is_named_and_store_is_unchanged(store, tmp_path, text, line, fields):
+    """A line with more or fewer fields than the header: DuckDB's sniffer takes the file for one without a
+    header (columns column0..) or fails mid-scan; either way the line is what the user must fix."""
+    path = tmp_path / ("ragged.tsv" if "\t" in text else "ragged.csv")
+    path.write_bytes(text.encode())
+    _refused_and_store_unchanged(store, tmp_path, path,
+                                 rf"^{re.escape(str(path))}: line {line} has {fields} fields, the header 3; ")
+
+
+@pytest.mark.parametrize("column, value, shown", [
+    ("action", "99999999999", "99999999999"),
+    ("action", "-1", "-1"),
+    ("action", "-1.0", "-1"),
+    ("position", "99999999999", "99999999999"),
+])
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_integers_out_of_range_say_the_limit(store, tmp_path, column, value, shown, suffix):
+    columns = {"action": [0.0, 1.0, 1.0], "propensity": [0.5] * 3, "reward": [1.0, 0.0, 1.0], "position": [0.0, 1.0, 2.0]}
+    columns[column][2] = float(value)
+    path = tmp_path / f"f{suffix}"
+    if suffix == ".csv":
+        path.write_text("action,propensity,reward,position\n0,0.5,1,0\n1,0.5,0,1\n"
+                        + (f"{value},0.5,1,2\n" if column == "action" else f"1,0.5,1,{value}\n"))
+    else:
+        pl.DataFrame(columns).write_parquet(path)  # doubles: the store's INTEGER is checked after reading
+    optional = " or empty" if column == "position" else ""
+    _refused_and_store_unchanged(store, tmp_path, path, rf"f{suffix}: row 3, column {column}: must be an integer "
+                                                        rf"from 0 to 2147483647{optional}, found {shown}; ")
+
+
+@pytest.mark.parametrize("cell, shown", [("zz", "zz"), ("", "missing"), ("inf", "inf")])
+def test_a_non_number_in_a_features_column_names_the_column(store, tmp_path, cell, shown):
+    path = tmp_path / "f.csv"
+    path.write_text(f"action,propensity,reward,x_a,x_b\n0,0.5,1,0.1,0.2\n1,0.5,0,0.3,0.4\n1,0.5,1,0.5,{cell}\n")
+    _refused_and_store_unchanged(store, tmp_path, path, rf"f.csv: row 3, column x_b: must be a finite number "
+                                                        rf"\(gathered into features\), found {shown}; ",
+                                 features=["x_*"])
+
+
+@pytest.mark.parametrize("mapping, column", [({}, "context_id"), ({}, "event_id"),
+                                             ({"context_id": "user"}, "user")])
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_text_ids_written_as_floats_are_refused(store, tmp_path, mapping, column, suffix):
+    """pandas writes an integer column with a missing value as floats: a CSV id "2.0" would be another id
+    than the "2" of a file written from integers."""
+    frame = pl.DataFrame({"action": [0, 1, 1], "propensity": [0.5] * 3, "reward": [1.0, 0.0, 1.0],
+                          column: ["1", "2.0", "3.00"]})
+    path = tmp_path / f"f{suffix}"
+    frame.write_csv(path) if suffix == ".csv" else frame.write_ndjson(path)
+    _refused_and_store_unchanged(store, tmp_path, path,
+                                 rf"f{suffix}: row 2, column {column}: must be an integer or text id, not a float, "
+                                 rf"found 2.0 \(1 more rows like it\); .*df\['{column}'\].astype\('Int64'\)",
+                                 mapping=mapping)
+
+
+def test_text_ids_that_only_look_like_numbers_are_kept(store, tmp_path):
+    path = tmp_path / "f.csv"
+    path.write_text("context_id,event_id,action,propensity,reward\n1.5,v1.0,0,0.5,1\n1,1.0.0,1,0.5,0\n"
+                    "-1,10,0,0.5,1\n")
+    with open_store(store) as con:
+        ingest_file(con, path, "a")
+        got = con.execute("SELECT context_id, source_event_id FROM events ORDER BY event_id").fetchall()
+    assert got == [("1.5", "v1.0"), ("1", "1.0.0"), ("-1", "10")]
