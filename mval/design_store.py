@@ -152,7 +152,7 @@ def design_logging_policy(
         signed = target_pis
         costs = np.stack([pi**2 * s for pi in target_pis])
         costs = costs if objective == "minimax" else costs.mean(axis=0)
-    _check_costs(costs, estimator, second_moment_table is not None)
+    _check_costs(costs, float(np.max(est.second)), estimator, second_moment_table is not None)
     alpha = est.rows / (est.rows + budget)
     reward = min_reward = None
     if min_reward_ratio is not None:
@@ -369,9 +369,10 @@ def _second_moments(est: LogEstimates, estimator: str, table: str | Path | pl.Da
     return np.nan_to_num(s, nan=0.0)
 
 
-def _check_costs(costs: np.ndarray, estimator: str, from_table: bool) -> None:
-    """Refuse a problem where every cost pi_t^2 s is 0: every logging policy then predicts variance 0."""
-    if np.max(costs) > 1e-12:
+def _check_costs(costs: np.ndarray, scale: float, estimator: str, from_table: bool) -> None:
+    """Refuse a problem where every cost pi_t^2 s is 0 (to rounding, relative to `scale`, the largest E[r^2]):
+    every logging policy then predicts variance 0. Small rewards (in millions, say) are not refused."""
+    if np.max(costs) > 1e-12 * scale:
         return
     why = ("the --second-moment table gives s = 0 wherever a target acts" if from_table
            else "every logged reward is 0" if estimator == "ips"

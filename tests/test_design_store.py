@@ -267,3 +267,17 @@ def test_an_existing_save_as_name_is_refused_before_designing(store, tmp_path):
 
     res = CliRunner().invoke(main, ["design", str(store), "--target", "nope", "--budget", "10", "--save-as", "A"])
     assert res.exit_code == 2 and "policy 'A' already exists in the store; pick another --save-as" in res.output
+
+
+def test_small_rewards_are_designed_like_large_ones(store, tmp_path):
+    """The zero-variance refusal is relative: rewards in units of 1e-9 give the same design, SE x 1e-9."""
+    from mval.store import init_store
+
+    rewards = (np.random.default_rng(5).random(400) < 0.3).astype(float)
+    (tmp_path / "big").mkdir()
+    big = init_store(tmp_path / "big" / "s.duckdb")
+    fill(big, tmp_path / "big", rewards=rewards)
+    fill(store, tmp_path, rewards=rewards * 1e-9)
+    with open_store(store) as con, open_store(big) as con_big:
+        small, large = (design_logging_policy(c, ["A", "B"], 600) for c in (con, con_big))
+    assert small.std_error == pytest.approx(1e-9 * large.std_error, rel=1e-6)
