@@ -5,14 +5,17 @@ Any torch module works if it is wrapped in an object with the `ConceptModel` met
 `example_losses` the training loss of each example. Scorers only use these, so the Sokoban agent
 or a custom network plugs in the same way as a language model.
 
-Model files are read weights-only: `*.safetensors`, or a `pytorch_model.bin` that
-`torch.load(..., weights_only=True)` accepts. Anything that would unpickle code is refused.
+Model files are read weights-only: `model.safetensors` (or its shards), or, in a folder without
+one, a `pytorch_model.bin` that `torch.load(..., weights_only=True)` accepts. Anything that would
+unpickle code is refused, and so are weights that do not fit the config (a missing, extra or
+mis-shaped tensor), which transformers would otherwise initialise at random and run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 
 from mval.errors import MvalError
 
@@ -240,42 +244,132 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+SAVE_MODEL = "save model, config and tokenizer together with save_pretrained(folder)"
+SAVE_TOKENIZER = "save the tokenizer with tokenizer.save_pretrained(folder)"
+TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                  "vocab.json")
+VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def load_hf_model(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> HFCausalLM:
-    """A causal LM from a local folder (config.json, tokenizer files, weights), read weights-only."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    """A causal LM from a local folder (config.json, tokenizer files, weights), read weights-only:
+    `model*.safetensors` when there are any (a `pytorch_model.bin` beside them is not read), else
+    `pytorch_model*.bin` through torch.load(weights_only=True). Each problem is one MvalError naming the file."""
+    from transformers import AutoConfig
 
     quiet_transformers()
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise MvalError(f"--model {model_dir}: no config.json there; give a folder written by save_pretrained")
-    bins = sorted(model_dir.glob("pytorch_model*.bin"))
-    safetensors = sorted(model_dir.glob("*.safetensors"))
-    states = [_weights_only_state(p) for p in bins]  # checked even when safetensors exist: never leave a trap
-    if not safetensors and not states:
-        raise MvalError(f"--model {model_dir}: no weights (*.safetensors or pytorch_model.bin) in the folder")
+    safetensors = sorted(model_dir.glob("model*.safetensors"))
+    bins = [] if safetensors else sorted(model_dir.glob("pytorch_model*.bin"))
+    if not safetensors and not bins:
+        raise MvalError(f"--model {model_dir}: no weights (model.safetensors or pytorch_model.bin) in the folder")
     try:
         config = AutoConfig.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
-        if safetensors:
-            module = AutoModelForCausalLM.from_pretrained(
-                model_dir, local_files_only=True, trust_remote_code=False, use_safetensors=True, dtype=dtype
-            )
-        else:
-            module = AutoModelForCausalLM.from_config(config, dtype=dtype)
-            state = {k: v for s in states for k, v in s.items()}
-            missing, unexpected = module.load_state_dict(state, strict=False)
-            tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
-            if set(missing) - tied or unexpected:
-                raise MvalError(
-                    f"--model {model_dir}: weights do not fit the config (missing {sorted(set(missing) - tied)[:3]}, "
-                    f"unexpected {sorted(unexpected)[:3]}); save model and config together with save_pretrained"
-                )
-            module.tie_weights()
     except (OSError, ValueError, KeyError) as e:
+        raise MvalError(f"--model {model_dir}: cannot read config.json ({_first_line(e)}); {SAVE_MODEL}") from e
+    tokenizer = _load_tokenizer(model_dir)
+    return HFCausalLM(_load_module(model_dir, config, safetensors or bins, dtype), tokenizer)
+
+
+def _load_tokenizer(model_dir: Path):
+    """AutoTokenizer from the folder; on failure, say which file is corrupt or that there is none."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
+    except Exception as e:  # the tokenizers library raises a bare Exception for a file it cannot parse
+        for path in (model_dir / name for name in TOKENIZER_JSON if (model_dir / name).is_file()):
+            try:
+                json.loads(path.read_bytes())
+            except ValueError as bad:  # JSONDecodeError and UnicodeDecodeError both are
+                raise MvalError(f"{path}: not valid JSON ({_first_line(bad)}); {SAVE_TOKENIZER}") from e
+        if not any((model_dir / name).is_file() for name in VOCABULARY_FILES):
+            raise MvalError(f"--model {model_dir}: no tokenizer files (none of {', '.join(VOCABULARY_FILES)}); "
+                            f"{SAVE_TOKENIZER}") from e
+        raise MvalError(f"--model {model_dir}: cannot load the tokenizer ({_first_line(e)}); {SAVE_TOKENIZER}") from e
+
+
+def _check_safetensors(path: Path) -> None:
+    """Reads the header only: a garbage or truncated file is refused before transformers maps it."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError) as e:
+        raise MvalError(f"{path}: not a readable safetensors file ({_first_line(e)}); "
+                        "save the model again with save_pretrained(folder)") from e
+
+
+@contextmanager
+def _no_load_report() -> Iterator[None]:
+    """transformers logs a multi-line LOAD REPORT of missing, unexpected and mis-shaped weights and goes
+    on; `_check_fit` refuses each of those in one line instead. (A filter, not a higher level: at
+    WARNING or above, from_pretrained logs its tensor-parallel plan.)"""
+    logger = logging.getLogger("transformers.modeling_utils")
+
+    def not_the_report(record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+    logger.addFilter(not_the_report)
+    try:
+        yield
+    finally:
+        logger.removeFilter(not_the_report)
+
+
+def _load_module(model_dir: Path, config, files: list[Path], dtype: torch.dtype) -> torch.nn.Module:
+    """The causal LM of `config` with the weights of `files` (safetensors, or weights-only .bin state
+    dicts), through from_pretrained either way: it ties the output layer to the embeddings when the config
+    says so (a tied lm_head.weight may be absent from the file) and reports what does not fit."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise MvalError(f"--model {model_dir}: config.json's model_type {config.model_type!r} is not a causal LM "
+                        "that transformers knows; give a causal LM folder")
+    names = files[0].name if len(files) == 1 else f"{files[0].name} .. {files[-1].name}"
+    where = f"--model {model_dir}: the weights in {names}"
+    try:
+        if files[0].suffix == ".safetensors":
+            for path in files:
+                _check_safetensors(path)
+            weights = {"pretrained_model_name_or_path": model_dir, "use_safetensors": True, "local_files_only": True}
+        else:
+            state = {k: v for path in files for k, v in _weights_only_state(path).items()}
+            weights = {"pretrained_model_name_or_path": None, "state_dict": state}
+        with _no_load_report():
+            module, info = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].from_pretrained(
+                **weights, config=config, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True)
+    except (OSError, RuntimeError, SafetensorError, ValueError) as e:
         if isinstance(e, MvalError):
             raise
-        raise MvalError(f"--model {model_dir}: cannot load ({str(e).splitlines()[0]})") from e
-    return HFCausalLM(module, tokenizer)
+        raise MvalError(f"{where} cannot be loaded ({_first_line(e)}); {SAVE_MODEL}") from e
+    _check_fit(info, where)
+    return module
+
+
+def _check_fit(info: dict, where: str) -> None:
+    """Refuse weights that do not fit the config: transformers initialises a missing or mis-shaped tensor at
+    random (and drops an unexpected one), so the model would score as something it is not."""
+    missing, unexpected, mismatched = (sorted(info[k]) for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+
+    def more(keys: list) -> str:
+        return f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+
+    if missing:
+        problem = f"lack {missing[0]!r}{more(missing)}, which config.json asks for"
+    elif unexpected:
+        problem = f"hold {unexpected[0]!r}{more(unexpected)}, which config.json has no place for"
+    elif mismatched:
+        key, found, wanted = mismatched[0]
+        problem = f"have {key!r} of shape {list(found)}{more(mismatched)}, but config.json asks for {list(wanted)}"
+    else:
+        return
+    raise MvalError(f"{where} {problem}; {SAVE_MODEL}")
 
 
 def load_model(path: str | Path) -> ConceptModel:

@@ -65,18 +65,72 @@ class ProbeDirection:
         return Path(path)
 
 
+RETRAIN = "retrain the probe with `mval probe train` (or --direction FILE to bring a vector)"
+
+
 def load_probe(path: str | Path) -> ProbeDirection:
-    """A `ProbeDirection` saved by `ProbeDirection.save` (safetensors: never unpickles)."""
-    meta, t = read_safetensors(path, "probe file",
-                               "make one with `mval probe train` (or --direction FILE to bring a vector)",
-                               FORMAT, label="--concept ")
-    vector, bias = t["direction"], t["bias"]
-    if meta["position"] not in POSITIONS or int(meta["d_model"]) != vector.shape[0]:
-        raise MvalError(f"--concept {path}: inconsistent metadata {meta}; retrain the probe")
+    """A `ProbeDirection` saved by `ProbeDirection.save` (safetensors: never unpickles). A hand-edited or
+    broken file (a tensor or metadata field missing or unreadable, NaN values) is refused in one line."""
+    meta, tensors = read_safetensors(path, "probe file", RETRAIN, FORMAT, label="--concept ", framework="pt")
+    where = f"--concept {path}"
+    missing = [f"{k!r} tensor" for k in ("direction", "bias") if k not in tensors]
+    missing += [f"{k!r} metadata" for k in ("layer", "d_model", "position") if k not in meta]
+    if missing:
+        raise MvalError(f"{where}: no {missing[0]}; {RETRAIN}")
+    vector, bias = (_real_float32(tensors[k], f"{where}: {k}", RETRAIN) for k in ("direction", "bias"))
+    layer, d_model = (_metadata_int(meta, k, where) for k in ("layer", "d_model"))
     accuracy = meta.get("held_out_accuracy", "None")
-    return ProbeDirection(vector.astype(np.float32), int(meta["layer"]), meta["position"], float(bias[0]),
-                          meta.get("source", "logistic"), None if accuracy == "None" else float(accuracy),
-                          meta.get("model"))
+    problem = _probe_problem(vector, bias, d_model, meta["position"], accuracy)
+    if problem:
+        raise MvalError(f"{where}: {problem}; {RETRAIN}")
+    return ProbeDirection(vector, layer, meta["position"], bias.item(), meta.get("source", "logistic"),
+                          None if accuracy == "None" else float(accuracy), meta.get("model"))
+
+
+def _probe_problem(vector: np.ndarray, bias: np.ndarray, d_model: int, position: str, accuracy: str) -> str | None:
+    """What makes a probe file's contents unusable, if anything (a NaN direction would score NaN)."""
+    if vector.ndim != 1:
+        return f"direction has shape {list(vector.shape)}, not a vector"
+    if bias.size != 1:
+        return f"bias has shape {list(bias.shape)}, not [1]"
+    if d_model != vector.size:
+        return f"d_model {d_model} in the metadata but the direction has {vector.size} values"
+    if position not in POSITIONS:
+        return f"position {position!r} is not one of {', '.join(POSITIONS)}"
+    if not np.isfinite(vector).all():
+        return "direction has NaN or infinite values"
+    if not np.isfinite(bias).all():
+        return f"bias is {bias.item()}, not a finite number"
+    if accuracy != "None" and not _is_float(accuracy):
+        return f"held_out_accuracy {accuracy!r} is not a number"
+    return None
+
+
+def _metadata_int(meta: dict[str, str], key: str, where: str) -> int:
+    value = meta[key]
+    if not value.isdigit():
+        raise MvalError(f"{where}: {key} {value!r} in the metadata is not a whole number (0 or more); {RETRAIN}")
+    return int(value)
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _real_float32(values: np.ndarray | torch.Tensor, where: str, fix: str = "save a float array") -> np.ndarray:
+    """Real numbers of any float or integer dtype (bfloat16 and float16 included) as float32; complex,
+    boolean or text values are refused rather than cast (a cast would drop the imaginary part)."""
+    if isinstance(values, torch.Tensor):
+        real = not (values.dtype.is_complex or values.dtype == torch.bool)
+    else:
+        real = values.dtype.kind in "iuf"
+    if not real:
+        raise MvalError(f"{where}: holds {values.dtype} values, not real numbers; {fix}")
+    return values.to(torch.float32).numpy() if isinstance(values, torch.Tensor) else values.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -142,28 +196,15 @@ def direction_from_file(path: str | Path, model: ConceptModel, layer: int, posit
     check_layer(model, layer)
     if not path.is_file():
         raise MvalError(f"--direction {path}: no such file")
-    try:
-        if path.suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
-        elif path.suffix == ".safetensors":
-            with safe_open(str(path), framework="np") as f:
-                names = list(f.keys())
-                name = key or ("direction" if "direction" in names else names[0] if len(names) == 1 else None)
-                if name not in names:
-                    raise MvalError(f"--direction {path}: holds tensors {names}; pick one with --key NAME")
-                array = f.get_tensor(name)
-        else:
-            raise MvalError(f"--direction {path}: unknown file type {path.suffix or '(none)'}; use .npy or .safetensors")
-    except (ValueError, SafetensorError) as e:
-        if isinstance(e, MvalError):
-            raise
-        raise MvalError(f"--direction {path}: cannot read a plain array ({str(e).splitlines()[0]}); "
-                        "save it with numpy.save or safetensors") from e
-    if array.ndim == 2 and feature is not None:
+    array = _read_direction_array(path, key)
+    if feature is not None:
+        if array.ndim != 2:
+            raise MvalError(f"--feature {feature}: {path} holds shape {list(array.shape)}, not a matrix "
+                            "[n_features, d_model]; leave --feature out for a vector")
         if not 0 <= feature < array.shape[0]:
             raise MvalError(f"--feature {feature}: {path} has {array.shape[0]} rows; use 0..{array.shape[0] - 1}")
         array = array[feature]
-    array = np.squeeze(np.asarray(array, dtype=np.float32))
+    array = np.squeeze(array)
     if array.ndim != 1:
         raise MvalError(f"--direction {path}: shape {array.shape}; give one vector, or --feature I for a row of a matrix")
     if not np.isfinite(array).all():
@@ -171,6 +212,32 @@ def direction_from_file(path: str | Path, model: ConceptModel, layer: int, posit
     direction = ProbeDirection(array, layer, position, 0.0, f"file:{path.name}", None)
     direction.check_fits(model)
     return direction
+
+
+def _read_direction_array(path: Path, key: str | None) -> np.ndarray:
+    """The array of a `.npy` file, or tensor `key` of a `.safetensors` file ("direction", or its only
+    tensor, without a key), as float32. Never unpickles; bfloat16 (common for SAE decoders) is read by torch."""
+    where = f"--direction {path}"
+    try:
+        if path.suffix == ".npy":
+            if key is not None:
+                raise MvalError(f"--key {key}: {path} is a .npy file, one array; "
+                                "--key picks a tensor of a .safetensors file")
+            return _real_float32(np.load(path, allow_pickle=False), where)
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as f:
+                names = list(f.keys())
+                name = key or ("direction" if "direction" in names else names[0] if len(names) == 1 else None)
+                if name not in names:
+                    raise MvalError(f"--key {key}: {path} holds tensors {names}; pick one of them" if key else
+                                    f"{where}: holds tensors {names}; pick one with --key NAME")
+                return _real_float32(f.get_tensor(name), where)
+    except (ValueError, EOFError, OSError, SafetensorError) as e:
+        if isinstance(e, MvalError):
+            raise
+        raise MvalError(f"{where}: cannot read a plain array ({str(e).splitlines()[0]}); "
+                        "save it with numpy.save or safetensors") from e
+    raise MvalError(f"{where}: unknown file type {path.suffix or '(none)'}; use .npy or .safetensors")
 
 
 def probe_logits(model: ConceptModel, direction: ProbeDirection, examples: Sequence[Example]) -> np.ndarray:

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from attribution.examples import Example
 from attribution.models import ConceptModel, fingerprint, load_hf_model
@@ -67,26 +68,89 @@ class Payload:
     """Any pickled object that is not plain tensors: weights_only loading must refuse it."""
 
 
+DOWN = "model.layers.0.mlp.down_proj.weight"
+
+
+def edit_weights(folder, change, fmt="safetensors"):
+    """Rewrite the folder's weights after `change(state)`, as model.safetensors or as pytorch_model.bin alone."""
+    state = load_file(folder / "model.safetensors")
+    change(state)
+    if fmt == "bin":
+        bin_only(folder, state)
+    else:
+        save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def bin_only(folder, content):
+    (folder / "model.safetensors").unlink()
+    torch.save(content, folder / "pytorch_model.bin")
+
+
+def truncate(path, keep):
+    path.write_bytes(path.read_bytes()[:keep(path.stat().st_size)])
+
+
 @pytest.mark.parametrize(("make", "match"), [
-    (lambda d: torch.save({"w": Payload()}, d / "pytorch_model.bin"), r"pytorch_model.bin: not a weights-only file"),
-    (lambda d: torch.save([torch.zeros(2)], d / "pytorch_model.bin"), r"expected a dict of tensors"),
+    (lambda d: bin_only(d, {"w": Payload()}), r"pytorch_model.bin: not a weights-only file"),
+    (lambda d: bin_only(d, [torch.zeros(2)]), r"expected a dict of tensors"),
     (lambda d: (d / "model.safetensors").unlink(), r"no weights"),
     (lambda d: (d / "config.json").unlink(), r"no config.json"),
-])
-def test_unsafe_or_incomplete_folders_are_refused(model_dir, tmp_path, make, match):
+    # weights that do not fit the config: transformers would initialise them at random, and scores be made up
+    (lambda d: edit_weights(d, lambda s: s.pop(DOWN)),
+     rf"--model .*: the weights in model.safetensors lack '{DOWN}', which config.json asks for; save model, config"),
+    (lambda d: edit_weights(d, lambda s: s.pop(DOWN), "bin"), rf"the weights in pytorch_model.bin lack '{DOWN}'"),
+    (lambda d: edit_weights(d, lambda s: s.update(extra=torch.zeros(2))),
+     r"the weights in model.safetensors hold 'extra', which config.json has no place for"),
+    (lambda d: edit_weights(d, lambda s: s.update({DOWN: torch.zeros(16, 7)})),
+     rf"the weights in model.safetensors have '{DOWN}' of shape \[16, 7\], but config.json asks for \[16, 32\]"),
+    (lambda d: edit_weights(d, lambda s: s.update({DOWN: torch.zeros(16, 7)}), "bin"),
+     rf"the weights in pytorch_model.bin have '{DOWN}' of shape \[16, 7\]"),
+    # broken files
+    (lambda d: (d / "model.safetensors").write_bytes(b"garbage" * 100),
+     r"model.safetensors: not a readable safetensors file \(.*header too large\); save the model again"),
+    (lambda d: truncate(d / "model.safetensors", lambda n: n // 2), r"model.safetensors: not a readable .*incomplete"),
+    (lambda d: truncate(d / "model.safetensors", lambda n: 5), r"model.safetensors: not a readable safetensors"),
+    (lambda d: (d / "tokenizer.json").unlink(),
+     r"--model .*: no tokenizer files \(none of tokenizer.json, .*\); save the tokenizer with tokenizer.save_pre"),
+    (lambda d: (d / "tokenizer.json").write_text("{garbage"),
+     r"tokenizer.json: not valid JSON \(Expecting property name.*\); save the tokenizer with"),
+    (lambda d: (d / "tokenizer_config.json").write_bytes(b"\xff\xfe"), r"tokenizer_config.json: not valid JSON"),
+], ids=["pickled-bin", "bin-not-a-dict", "no-weights", "no-config", "missing-tensor", "bin-missing-tensor",
+        "unexpected-tensor", "wrong-shape", "bin-wrong-shape", "garbage", "half", "5-bytes", "no-tokenizer",
+        "tokenizer-json", "tokenizer-config-bytes"])
+def test_unsafe_incomplete_or_broken_folders_are_refused_in_one_line(model_dir, tmp_path, make, match):
     folder = tmp_path / "bad"
     shutil.copytree(model_dir, folder)
     make(folder)
-    with pytest.raises(MvalError, match=match):
+    with pytest.raises(MvalError, match=match) as refused:
         load_hf_model(folder)
+    assert "\n" not in str(refused.value)
 
 
-def test_pickled_bin_is_refused_even_next_to_safetensors(model_dir, tmp_path):
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_a_tied_output_layer_may_be_absent_from_the_file(model_dir, tmp_path, fmt):
+    """tie_word_embeddings: save_pretrained leaves lm_head.weight out, as it is the embedding matrix."""
+    folder = tmp_path / "tied"
+    shutil.copytree(model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"tie_word_embeddings": True}))
+    edit_weights(folder, lambda s: s.pop("lm_head.weight"), fmt)
+    module = load_hf_model(folder).module
+    assert module.lm_head.weight is module.model.embed_tokens.weight
+    assert torch.equal(module.lm_head.weight, load_file(model_dir / "model.safetensors")["model.embed_tokens.weight"])
+
+
+def test_a_bin_next_to_safetensors_is_not_read(model_dir, tmp_path, monkeypatch):
+    """The safetensors hold the model; the .bin beside them (here a pickle) is never opened."""
     folder = tmp_path / "both"
     shutil.copytree(model_dir, folder)
     torch.save({"w": Payload()}, folder / "pytorch_model.bin")
-    with pytest.raises(MvalError, match="not a weights-only file"):
-        load_hf_model(folder)
+
+    def no_torch_load(*args, **kwargs):
+        raise AssertionError("torch.load was called")
+
+    monkeypatch.setattr(torch, "load", no_torch_load)
+    assert fingerprint(load_hf_model(folder)) == fingerprint(load_hf_model(model_dir))
 
 
 def test_loss_is_mean_response_nll_and_padding_changes_nothing(model_dir):

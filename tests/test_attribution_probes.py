@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import save_file
+from safetensors.torch import save_file as save_torch_file
 
 from attribution.examples import Example, read_jsonl
 from attribution.models import load_hf_model
@@ -110,16 +111,32 @@ def test_directions_from_npy_and_safetensors(model, tmp_path):
     assert np.array_equal(row.vector, 2 * v) and row.position == "last"
 
 
+def test_a_bfloat16_decoder_is_read_as_float32(model, tmp_path):
+    """SAE decoders are often saved in bfloat16, which numpy has no type for."""
+    rows = torch.arange(-48, 48).reshape(6, 16) / 4  # exact in bfloat16
+    save_torch_file({"W_dec": rows.to(torch.bfloat16), "b_dec": torch.zeros(16)}, str(tmp_path / "sae.safetensors"))
+    row = direction_from_file(tmp_path / "sae.safetensors", model, 1, key="W_dec", feature=4)
+    assert row.vector.dtype == np.float32 and np.array_equal(row.vector, rows[4].numpy())
+
+
 def bad_direction(tmp_path, kind):
-    path = tmp_path / {"pickle": "o.npy", "txt": "v.txt", "multi": "m.safetensors"}.get(kind, "v.npy")
+    path = tmp_path / {"pickle": "o.npy", "txt": "v.txt", "multi": "m.safetensors", "empty": "e.npy"}.get(kind, "v.npy")
     if kind == "pickle":
         np.save(path, np.array([{"code": 1}], dtype=object), allow_pickle=True)
+    elif kind == "vector":
+        np.save(path, np.ones(16, np.float32))
     elif kind == "short":
         np.save(path, np.ones(15, np.float32))
     elif kind == "matrix":
         np.save(path, np.ones((3, 16), np.float32))
     elif kind == "nan":
         np.save(path, np.full(16, np.nan, np.float32))
+    elif kind == "strings":
+        np.save(path, np.array(["a"] * 16))
+    elif kind == "complex":
+        np.save(path, np.ones(16) * (1 + 1j))
+    elif kind == "empty":
+        path.write_bytes(b"")
     elif kind == "txt":
         path.write_text("1 2 3")
     elif kind == "multi":
@@ -127,19 +144,64 @@ def bad_direction(tmp_path, kind):
     return path
 
 
-@pytest.mark.parametrize(("kind", "layer", "feature", "match"), [
-    ("pickle", 1, None, r"cannot read a plain array"),
-    ("short", 1, None, r"direction has 15 dims but the model's activations have 16"),
-    ("matrix", 1, None, r"shape \(3, 16\); give one vector, or --feature"),
-    ("matrix", 1, 7, r"--feature 7: .* has 3 rows"),
-    ("nan", 1, None, r"NaN"),
-    ("txt", 1, None, r"unknown file type .txt"),
-    ("multi", 1, None, r"holds tensors \['a', 'b'\]; pick one with --key"),
-    ("short", 3, None, r"--layer 3: the model has 2 layers; use 0..2"),
-])
-def test_bad_directions_are_refused(model, tmp_path, kind, layer, feature, match):
+@pytest.mark.parametrize(("kind", "options", "match"), [
+    ("pickle", {}, r"cannot read a plain array"),
+    ("empty", {}, r"e.npy: cannot read a plain array"),
+    ("short", {}, r"direction has 15 dims but the model's activations have 16"),
+    ("matrix", {}, r"shape \(3, 16\); give one vector, or --feature"),
+    ("matrix", {"feature": 7}, r"--feature 7: .* has 3 rows"),
+    ("vector", {"feature": 3}, r"--feature 3: .*v.npy holds shape \[16\], not a matrix .*; leave --feature out"),
+    ("vector", {"key": "foo"}, r"--key foo: .*v.npy is a .npy file, one array; --key picks a tensor of a .safetensors"),
+    ("nan", {}, r"NaN"),
+    ("strings", {}, r"v.npy: holds <U1 values, not real numbers"),
+    ("complex", {}, r"v.npy: holds complex128 values, not real numbers"),  # a cast would keep the real part only
+    ("txt", {}, r"unknown file type .txt"),
+    ("multi", {}, r"holds tensors \['a', 'b'\]; pick one with --key"),
+    ("multi", {"key": "foo"}, r"--key foo: .*m.safetensors holds tensors \['a', 'b'\]; pick one of them"),
+    ("short", {"layer": 3}, r"--layer 3: the model has 2 layers; use 0..2"),
+], ids=["pickle", "empty", "short", "matrix", "row-out-of-range", "feature-of-vector", "key-of-npy", "nan", "strings",
+        "complex", "txt", "several-tensors", "key-not-there", "layer-out-of-range"])
+def test_bad_directions_are_refused(model, tmp_path, kind, options, match):
     with pytest.raises(MvalError, match=match):
-        direction_from_file(bad_direction(tmp_path, kind), model, layer, feature=feature)
+        direction_from_file(bad_direction(tmp_path, kind), model, **{"layer": 1} | options)
+
+
+PROBE_META = {"format": "mval-probe-1", "layer": "1", "d_model": "4", "position": "mean", "source": "logistic",
+              "held_out_accuracy": "0.5"}
+PROBE_TENSORS = {"direction": np.ones(4, np.float32), "bias": np.zeros(1, np.float32)}
+
+
+@pytest.mark.parametrize(("meta", "tensors", "match"), [
+    ({"layer": "one"}, {}, r"layer 'one' in the metadata is not a whole number"),
+    ({"layer": "-1"}, {}, r"layer '-1' in the metadata is not a whole number"),
+    ({"d_model": "5"}, {}, r"d_model 5 in the metadata but the direction has 4 values"),
+    ({"position": "first"}, {}, r"position 'first' is not one of mean, last"),
+    ({"held_out_accuracy": "high"}, {}, r"held_out_accuracy 'high' is not a number"),
+    ({}, {"bias": None}, r"no 'bias' tensor"),
+    ({"layer": None}, {}, r"no 'layer' metadata"),
+    ({}, {"direction": np.array([1, np.nan, 0, 0], np.float32)}, r"direction has NaN or infinite values"),
+    ({}, {"bias": np.array([np.inf], np.float32)}, r"bias is inf, not a finite number"),
+    ({}, {"bias": np.zeros(2, np.float32)}, r"bias has shape \[2\], not \[1\]"),
+    ({}, {"direction": np.ones((2, 2), np.float32)}, r"direction has shape \[2, 2\], not a vector"),
+], ids=["layer-text", "layer-negative", "d_model", "position", "accuracy", "no-bias", "no-layer", "nan-direction",
+        "inf-bias", "bias-shape", "direction-matrix"])
+def test_hand_edited_probe_files_are_refused_in_one_line(tmp_path, meta, tensors, match):
+    """Each says which file and field, and to retrain (a NaN direction would score NaN for every example)."""
+    path = tmp_path / "edited.safetensors"
+    save_file({k: v for k, v in (PROBE_TENSORS | tensors).items() if v is not None}, str(path),
+              metadata={k: v for k, v in (PROBE_META | meta).items() if v is not None})
+    with pytest.raises(MvalError, match=rf"--concept .*edited.safetensors: {match}.*; retrain the probe") as refused:
+        load_probe(path)
+    assert "\n" not in str(refused.value)
+    save_file(PROBE_TENSORS, str(path), metadata=PROBE_META)
+    assert load_probe(path).layer == 1  # the same file unedited loads
+
+
+def test_a_bfloat16_probe_file_loads(tmp_path):
+    path = tmp_path / "bf16.safetensors"
+    save_torch_file({"direction": torch.ones(4, dtype=torch.bfloat16), "bias": torch.zeros(1, dtype=torch.bfloat16)},
+                    str(path), metadata=PROBE_META)
+    assert np.array_equal(load_probe(path).vector, np.ones(4, np.float32))
 
 
 def test_other_refusals(model, tmp_path):
