@@ -48,10 +48,12 @@ class ProbeDirection:
 
     def check_fits(self, model: ConceptModel) -> None:
         """Layer and width, and whatever else the model checks (`model.check_concept`, if it has one)."""
-        check_layer(model, self.layer)
+        if not 0 <= self.layer <= model.n_layers:
+            raise MvalError(f"the concept is read at layer {self.layer}, but the model has layers 0..{model.n_layers}; "
+                            "train or bring a concept for this model")
         if self.d_model != model.d_model:
-            raise MvalError(f"concept direction has {self.d_model} dims but the model's activations have "
-                            f"{model.d_model}; train or bring a direction for this model")
+            raise MvalError(f"the concept's direction has {self.d_model} dims but the model's activations have "
+                            f"{model.d_model}; train or bring a concept for this model")
         check_concept = getattr(model, "check_concept", None)
         if check_concept is not None:
             check_concept(self)

@@ -147,7 +147,7 @@ def bad_direction(tmp_path, kind):
 @pytest.mark.parametrize(("kind", "options", "match"), [
     ("pickle", {}, r"cannot read a plain array"),
     ("empty", {}, r"e.npy: cannot read a plain array"),
-    ("short", {}, r"direction has 15 dims but the model's activations have 16"),
+    ("short", {}, r"the concept's direction has 15 dims but the model's activations have 16"),
     ("matrix", {}, r"shape \(3, 16\); give one vector, or --feature"),
     ("matrix", {"feature": 7}, r"--feature 7: .* has 3 rows"),
     ("vector", {"feature": 3}, r"--feature 3: .*v.npy holds shape \[16\], not a matrix .*; leave --feature out"),

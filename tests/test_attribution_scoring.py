@@ -261,3 +261,12 @@ def test_command_errors_are_one_line_and_exit_2(cli, store, model_dir, tmp_path,
 @pytest.mark.parametrize("command", [examples.commands["add"], probe.commands["train"], score, curate])
 def test_every_command_has_help_with_an_example(command):
     assert isinstance(command, click.Command) and "Example" in command.help
+
+
+def test_a_concept_for_a_deeper_model_names_the_concept_not_a_flag(filled, model):
+    """`mval score` has no --layer: it said "--layer 3: the model has 2 layers"."""
+    deeper = ProbeDirection(CONCEPT.vector, 3, "mean")
+    request = ScoreRequest(deeper, batch_size=7)
+    with open_store(filled) as con, pytest.raises(MvalError, match=r"^the concept is read at layer 3, but the model "
+                                                                    r"has layers 0..2; train or bring a concept"):
+        score_dataset(con, "sft", "probe", "deep", model, make_scorer("probe", request), request)
