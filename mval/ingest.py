@@ -189,6 +189,8 @@ def _generic_columns(
     out |= _raw_columns({col: source[col] for col in PARSED if source[col] in columns}, types)
     if source["context_id"] in columns:
         out["context_id"] = key_text_sql(path, source["context_id"], types[source["context_id"]])
+    if file_reader(path) != "read_parquet":  # CSV and JSON are read as text: their ids are the file's text
+        out["_text_ids"] = "true"
     gathered = _resolve_features(columns, features, path) if features else []
     if gathered:
         out |= _gathered_features(gathered)
@@ -229,9 +231,7 @@ def _obd_columns(columns: list[str], types: dict[str, str], path: Path) -> Stagi
 
 def _stage(con: duckdb.DuckDBPyConnection, path: Path, exprs: dict[str, str], columns: list[str]) -> None:
     """Create the temp view `staged` (typed store columns, the raw text of parsed ones, and `_row`,
-    1-based row in the file). CSV and JSON are read as text: no type is guessed from the first rows
-    (`_text_ids`: so their ids are the file's text)."""
-    text = file_reader(path) != "read_parquet"
+    1-based row in the file). CSV and JSON are read as text: no type is guessed from the first rows."""
     typed = {
         "context_id": "CAST(NULL AS TEXT)",
         "features": "CAST(NULL AS DOUBLE[])",
@@ -241,10 +241,10 @@ def _stage(con: duckdb.DuckDBPyConnection, path: Path, exprs: dict[str, str], co
         "source_event_id": "CAST(NULL AS TEXT)",
         **{f"_{col}_raw": "CAST(NULL AS TEXT)" for col in PARSED},
         "_features_text": "CAST(NULL AS TEXT[])",
-        "_text_ids": "true" if text else "false",
+        "_text_ids": "false",  # true: the ids are the file's text, checked for floats (ingest_checks.sql)
     } | exprs
     select = ", ".join(f"{expr} AS {name}" for name, expr in typed.items())
-    if not text:  # Parquet: the row number comes free with the scan
+    if file_reader(path) == "read_parquet":  # the row number comes free with the scan
         source = "SELECT *, file_row_number + 1 AS _row FROM read_parquet(?, file_row_number = true)"
     else:
         source = f"SELECT *, row_number() OVER () AS _row FROM {table_sql(path, columns)}"

@@ -187,7 +187,8 @@ def test_values_after_the_first_rows_keep_their_type(store, tmp_path, suffix):
     with open_store(store) as con:
         ingest_file(con, tmp_path / f"reward{suffix}", "a")
         assert con.execute("SELECT reward FROM events WHERE event_id = 25000").fetchone()[0] == 0.5
-        with pytest.raises(MvalError, match="row 25001, column action: must be an integer from 0 to 2147483647, found 1.5"):
+        with pytest.raises(MvalError, match="row 25001, column action: must be an integer from 0 to 2147483647, "
+                                            "found 1.5"):
             ingest_file(con, tmp_path / f"action{suffix}", "b")
 
 
@@ -572,6 +573,22 @@ def test_features_follow_the_patterns_not_the_file_order(store, tmp_path, file_o
     np.testing.assert_array_equal(got, np.column_stack([values[name] for name in gathered]))
 
 
+def test_obd_features_and_context_do_not_depend_on_the_column_order(store, tmp_path):
+    src = write_obd_csv(tmp_path / "a.csv", rows=30, n_items=12)
+    gathered = [c for c in src.columns if c.startswith(("user_feature_", "user-item_affinity_"))]
+    src.select(*[c for c in src.columns if c not in gathered], *reversed(gathered)).write_csv(tmp_path / "b.csv")
+    with open_store(store) as con:
+        ingest_file(con, tmp_path / "a.csv", "a", "obd")
+        ingest_file(con, tmp_path / "b.csv", "b", "obd")
+        got = {logger: (ctx, np.array(f)) for logger, ctx, f in con.execute(
+            "SELECT logger, list(context_id ORDER BY event_id), list(features ORDER BY event_id) FROM events GROUP BY 1"
+        ).fetchall()}
+    affinities = src.select([f"user-item_affinity_{j}" for j in range(12)]).to_numpy()  # 0, 1, .., 10, 11
+    np.testing.assert_array_equal(got["a"][1], affinities)
+    np.testing.assert_array_equal(got["b"][1], affinities)
+    assert got["a"][0] == got["b"][0]
+
+
 def test_a_features_pattern_that_matches_nothing_is_refused(store, tmp_path):
     """A misspelt name among others would drop its column from every vector without a word."""
     path = tmp_path / "f.csv"
@@ -610,7 +627,8 @@ def test_a_ragged_csv_line_is_named_and_store_is_unchanged(store, tmp_path, text
 ])
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_integers_out_of_range_say_the_limit(store, tmp_path, column, value, shown, suffix):
-    columns = {"action": [0.0, 1.0, 1.0], "propensity": [0.5] * 3, "reward": [1.0, 0.0, 1.0], "position": [0.0, 1.0, 2.0]}
+    columns = {"action": [0.0, 1.0, 1.0], "propensity": [0.5] * 3, "reward": [1.0, 0.0, 1.0],
+               "position": [0.0, 1.0, 2.0]}
     columns[column][2] = float(value)
     path = tmp_path / f"f{suffix}"
     if suffix == ".csv":
@@ -641,7 +659,10 @@ def test_text_ids_written_as_floats_are_refused(store, tmp_path, mapping, column
     frame = pl.DataFrame({"action": [0, 1, 1], "propensity": [0.5] * 3, "reward": [1.0, 0.0, 1.0],
                           column: ["1", "2.0", "3.00"]})
     path = tmp_path / f"f{suffix}"
-    frame.write_csv(path) if suffix == ".csv" else frame.write_ndjson(path)
+    if suffix == ".csv":
+        frame.write_csv(path)
+    else:
+        frame.write_ndjson(path)
     _refused_and_store_unchanged(store, tmp_path, path,
                                  rf"f{suffix}: row 2, column {column}: must be an integer or text id, not a float, "
                                  rf"found 2.0 \(1 more rows like it\); .*df\['{column}'\].astype\('Int64'\)",
