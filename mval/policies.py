@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 from mval.errors import MvalError
-from mval.files import key_text_sql, relation_for_file
+from mval.files import file_reader, key_text_sql, relation_for_file
 from mval.store import load_sql, transaction
 
 POLICY_COLUMNS = ("context_id", "action", "prob")
@@ -81,6 +81,13 @@ def add_policy(con: duckdb.DuckDBPyConnection, name: str, path: str | Path, repl
         raise MvalError(f"{path}: cannot read policy ({str(e).splitlines()[0]})") from e
     finally:
         con.unregister("staged_policy_raw")
+    if file_reader(path) != "read_parquet":  # CSV/JSON ids are the file's text: pandas writes 1 as 1.0
+        floats = con.execute("SELECT context_id FROM staged_policy WHERE regexp_full_match(context_id, "
+                             "'-?[0-9]+\\.0+') LIMIT 1").fetchall()
+        if floats:
+            raise MvalError(f"{path}: context_id {floats[0][0]!r} is a whole number written as a float, which would "
+                            "not match the id 1 of a log; write it as an integer (pandas: "
+                            "df['context_id'].astype('Int64'))")
     problems = con.execute(load_sql("policy_validate")).fetchall()
     if problems:
         problem, context_id, found = problems[0]

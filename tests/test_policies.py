@@ -97,3 +97,16 @@ def test_an_empty_name_is_refused(store, tmp_path):
         with pytest.raises(MvalError, match="a policy needs a non-empty NAME"):
             add_policy(con, " ", tmp_path / "p.csv")
         assert con.execute("SELECT count(*) FROM policies").fetchall() == [(0,)]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_float_written_context_ids_are_refused_in_text_files(store, tmp_path, suffix):
+    """pandas writes an integer column with a missing value as 1.0: it would not match the log's 1."""
+    frame = pl.DataFrame({"context_id": ["1.0", "2.0"], "action": [0, 0], "prob": [1.0, 1.0]})
+    path = tmp_path / f"p{suffix}"
+    frame.write_csv(path) if suffix == ".csv" else frame.write_ndjson(path)
+    with open_store(store) as con:
+        with pytest.raises(MvalError, match=r"context_id '1.0' is a whole number written as a float"):
+            add_policy(con, "p", path)
+        pl.DataFrame({"context_id": ["1.5", "v1.0"], "action": [0, 0], "prob": [1.0, 1.0]}).write_csv(tmp_path / "ok.csv")
+        assert add_policy(con, "ok", tmp_path / "ok.csv") == 2  # other ids that look like numbers are kept
