@@ -2,10 +2,14 @@
 
     python benchmarks/design.py --contexts 10000 --actions 10 --json
     python benchmarks/design.py --contexts 1000000 --actions 20 --exact-only --json
+    python benchmarks/design.py --contexts 60 --actions 80 --coupled --json
 
 Prints one JSON object: exact_seconds, cvxpy_seconds, objective_gap (relative), speedup; with
 --exact-only: exact_seconds, peak_memory_ratio (tracemalloc peak of the solve / input bytes) and
 pass_seconds (one numpy pass over the inputs: np.sum over c and pi0, the memory-bandwidth floor).
+With --coupled: a two-target minimax problem (cvxpy only; no exact solver), solved as mval does
+(`ignore_dpp`) and with cvxpy's DPP compilation (the reference), with each one's seconds and peak
+memory (ru_maxrss growth) and the objective gap.
 """
 
 from __future__ import annotations
@@ -38,14 +42,42 @@ def best_of(repeats: int, fn):
     return min(times), out
 
 
+def coupled_comparison(n: int, k: int, alpha: float, seed: int) -> dict:
+    """Seconds, peak memory growth and objective of the minimax solve, with ignore_dpp (mval) and with DPP."""
+    import resource
+
+    import mval.design_cvxpy as design_cvxpy
+
+    base = random_problem(n, k, alpha, seed)
+    costs = np.stack([base.c, np.random.default_rng(seed + 1).gamma(0.5, size=(n, k))])
+    problem = MvalProblem(costs, base.pi0, alpha)
+    out = {"contexts": n, "actions": k, "targets": 2, "alpha": alpha}
+    for name, options in (("ignore_dpp", {}), ("dpp", {"ignore_dpp": False})):
+        design_cvxpy._MODELS.clear()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        start = time.perf_counter()
+        pi1 = solve_cvxpy(problem, **options)
+        out[f"{name}_seconds"] = round(time.perf_counter() - start, 3)
+        out[f"{name}_peak_mb_growth"] = round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, 1)
+        out[f"{name}_objective"] = float(np.max(problem.objective(pi1)))  # the worst target
+    out["speedup"] = round(out["dpp_seconds"] / out["ignore_dpp_seconds"], 1)
+    out["objective_gap"] = abs(out["dpp_objective"] - out["ignore_dpp_objective"]) / abs(out["dpp_objective"])
+    return out
+
+
 @click.command()
 @click.option("--contexts", type=int, default=10_000, show_default=True)
 @click.option("--actions", type=int, default=10, show_default=True)
 @click.option("--alpha", type=float, default=0.5, show_default=True)
 @click.option("--seed", type=int, default=0)
 @click.option("--exact-only", is_flag=True, help="Skip cvxpy; report time and peak memory of the exact solver.")
+@click.option("--coupled", is_flag=True, help="Minimax over two targets: mval's cvxpy solve against DPP compilation.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the default prints it indented).")
-def main(contexts: int, actions: int, alpha: float, seed: int, exact_only: bool, as_json: bool) -> None:
+def main(contexts: int, actions: int, alpha: float, seed: int, exact_only: bool, coupled: bool, as_json: bool) -> None:
+    if coupled:
+        out = coupled_comparison(contexts, actions, alpha, seed)
+        click.echo(json.dumps(out) if as_json else json.dumps(out, indent=1))
+        return
     problem = random_problem(contexts, actions, alpha, seed)
     input_bytes = problem.c.nbytes + problem.pi0.nbytes
     out = {"contexts": contexts, "actions": actions, "alpha": alpha, "input_mb": input_bytes / 2**20}
