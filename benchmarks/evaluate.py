@@ -38,7 +38,8 @@ def build_store(folder: Path, rows: int, seed: int) -> Path:
     policy_frame(np.array([f"c{i}" for i in range(CONTEXTS)]), target).write_csv(folder / "target.csv")
     policy_frame(None, np.full((1, ACTIONS), 1 / ACTIONS)).write_csv(folder / "uniform.csv")
     with open_store(path) as con:
-        con.execute("INSERT INTO ingests VALUES (1, 'generated', 'generated', 'generic', 'uniform', ?, 0, now())",
+        con.execute("INSERT INTO ingests (ingest_id, path, content_hash, format, logger, rows, first_event) "
+                    "VALUES (1, 'generated', 'generated', 'generic', 'uniform', ?, 0)",
                     [rows])
         con.execute(load_sql("evaluate_bench_log"), {"rows": rows, "actions": ACTIONS, "contexts": CONTEXTS})
         add_event_cells(con, 1)  # as `mval ingest` does

@@ -6,7 +6,9 @@ Formats:
   `features`, `action_probs`, `position`, `ts`, `event_id`), renamed with `mapping` {store_col: file_col};
   features from one list column or gathered from several numeric columns (`features=[...]`, globs allowed),
   in the order of the patterns as given and, within one glob, in natural order (f_2 before f_10), so the
-  vectors do not depend on the file's column order.
+  vectors do not depend on the file's column order. The gathered names are recorded
+  (`ingests.feature_columns`): a file that gathers other columns, or the same in another order, than an
+  earlier ingest of the store recorded is refused (one store, one feature space).
   `event_id` is the file's own id of each event, kept as `source_event_id`: a row whose id the store
   already holds for the logger, with the same content, is skipped (a log appended to and ingested again
   adds only its new rows); the same id with other content is refused.
@@ -229,6 +231,35 @@ def _obd_columns(columns: list[str], types: dict[str, str], path: Path) -> Stagi
     return Staging(out, sources, affinities)
 
 
+_LISTED_MAX = 12  # feature columns named in a refusal's fix; more are named by a query
+
+
+def _check_feature_space(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, gathered: list[str]) -> None:
+    """Refuse a file whose gathered feature columns (names, in order) are not those that the store's earlier
+    ingests recorded (any logger: one store, one feature space; evaluate and design fit one reward model on
+    every ingest's vectors). Ingests that recorded none (features from one list column, or before schema
+    version 4) are compared by length only, in `_validate`. Per file: the scan of the rows is not involved."""
+    if not gathered:
+        return
+    recorded = con.execute("SELECT min(ingest_id), any_value(feature_columns) FROM ingests "
+                           "WHERE feature_columns IS NOT NULL GROUP BY feature_columns ORDER BY 1").fetchall()
+    for ingest_id, stored in recorded:
+        if stored == gathered:
+            continue
+        i = next(i for i, (new, old) in enumerate(zip([*gathered, None], [*stored, None])) if new != old)
+        new = f"would come from column {gathered[i]}" if i < len(gathered) else f"would be missing ({i} gathered)"
+        old = f"took feature {i + 1} from column {stored[i]}" if i < len(stored) else f"had only {i} features"
+        if fmt == "obd":
+            fix = "ingest OBD files with the same user-item_affinity_ columns"
+        else:
+            listed = (",".join(stored) if len(stored) <= _LISTED_MAX else f"with the {len(stored)} columns of "
+                      f"SELECT feature_columns FROM ingests WHERE ingest_id = {ingest_id}")
+            fix = f"gather the same columns in the same order (--features {listed})"
+        raise MvalError(f"{path}: feature {i + 1} {new}, but ingest {ingest_id} {old}; one store holds one feature "
+                        "space (evaluate and design fit one reward model on every ingest's vectors): "
+                        f"{fix}, or ingest into a new store")
+
+
 def _stage(con: duckdb.DuckDBPyConnection, path: Path, exprs: dict[str, str], columns: list[str]) -> None:
     """Create the temp view `staged` (typed store columns, the raw text of parsed ones, and `_row`,
     1-based row in the file). CSV and JSON are read as text: no type is guessed from the first rows."""
@@ -435,6 +466,7 @@ def ingest_file(
             _check_csv_width(con, path, len(rel.columns))
         raise
     try:
+        _check_feature_space(con, path, fmt, staging.feature_columns)
         _stage(con, path, staging.exprs, rel.columns)
         rows = _validate(con, path, staging)
         unchecked = 0
@@ -452,9 +484,10 @@ def ingest_file(
                 "SELECT coalesce(max(event_id), -1) + 1, nextval('ingest_id_seq') FROM events"
             ).fetchall()[0]
             con.execute(
-                "INSERT INTO ingests (ingest_id, path, content_hash, format, logger, rows, first_event) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [ingest_id, str(path.resolve()), digest, fmt, logger, rows, first_event],
+                "INSERT INTO ingests (ingest_id, path, content_hash, format, logger, rows, first_event, "
+                "feature_columns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [ingest_id, str(path.resolve()), digest, fmt, logger, rows, first_event,
+                 staging.feature_columns or None],
             )
             con.execute(
                 load_sql("ingest_insert"),

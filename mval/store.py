@@ -7,7 +7,9 @@ as temporary views when it is opened read-only (the file is left as it was):
 - 2: `event_cells` (identical events counted once, per ingest), counted from the store's events;
 - 3: `examples.record` (each example's input JSON record, which `mval curate` writes back), NULL for
   examples added before it (curate then rebuilds their records from the fields); `events.source_event_id`
-  (the log file's own event id), NULL for events added before it (they are never matched as duplicates).
+  (the log file's own event id), NULL for events added before it (they are never matched as duplicates);
+- 4: `ingests.feature_columns` (the file columns each ingest gathered into `features`, which later ingests
+  must match), NULL for ingests before it (they are compared by vector length only); `ingest_log` shows it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import duckdb
 
 from mval.errors import MvalError, StoreBusyError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _LOCK_PID = re.compile(r"PID (\d+)")
 
 
@@ -72,6 +74,7 @@ def init_store(path: str | Path) -> Path:
         con.execute(load_sql("schema"))
         con.execute(load_sql("event_cells_table"))
         con.execute(load_sql("views"))
+        _create_ingest_log(con, temporary=False)
         con.execute("INSERT INTO mval_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         con.execute("COMMIT")
     except Exception:
@@ -97,6 +100,11 @@ def check_counted(events: int, counted: int) -> None:
                         "written into `events` around `mval ingest`; re-ingest them with `mval ingest`")
 
 
+def _create_ingest_log(con: duckdb.DuckDBPyConnection, temporary: bool) -> None:
+    """The view `ingest_log` (sql/ingest_log.sql), or its temporary stand-in over an older store opened read-only."""
+    con.execute(f"CREATE OR REPLACE {'TEMP ' if temporary else ''}VIEW ingest_log AS {load_sql('ingest_log')}")
+
+
 def _upgrade(con: duckdb.DuckDBPyConnection, path: Path, version: int, read_only: bool) -> None:
     """Bring an older store to SCHEMA_VERSION (temporary views when read-only; see the module docstring)."""
     if version >= SCHEMA_VERSION:
@@ -107,9 +115,12 @@ def _upgrade(con: duckdb.DuckDBPyConnection, path: Path, version: int, read_only
                 con.execute(load_sql("event_cells"))
                 con.execute("CREATE TEMP VIEW event_cells AS SELECT * FROM events_counted")
             catalog = con.execute("SELECT current_database()").fetchall()[0][0].replace('"', '""')
-            for table, column in (("examples", "record"), ("events", "source_event_id")):
+            for table, column, kind in (("examples", "record", "TEXT"), ("events", "source_event_id", "TEXT"),
+                                        ("ingests", "feature_columns", "TEXT[]")):
                 if not _has_column(con, table, column):
-                    con.execute(f'CREATE TEMP VIEW {table} AS SELECT *, NULL::TEXT AS {column} FROM "{catalog}".main.{table}')
+                    con.execute(f'CREATE TEMP VIEW {table} AS SELECT *, NULL::{kind} AS {column} FROM "{catalog}".main.{table}')
+            if version < 4:
+                _create_ingest_log(con, temporary=True)
             return
         with transaction(con):
             if version < 2:
@@ -117,6 +128,8 @@ def _upgrade(con: duckdb.DuckDBPyConnection, path: Path, version: int, read_only
                 add_event_cells(con, None)
             con.execute("ALTER TABLE examples ADD COLUMN IF NOT EXISTS record TEXT")
             con.execute("ALTER TABLE events ADD COLUMN IF NOT EXISTS source_event_id TEXT")
+            con.execute("ALTER TABLE ingests ADD COLUMN IF NOT EXISTS feature_columns TEXT[]")
+            _create_ingest_log(con, temporary=False)
             con.execute("UPDATE mval_meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
     except duckdb.Error as e:
         raise MvalError(f"{path}: cannot upgrade the store from schema version {version} to {SCHEMA_VERSION} "

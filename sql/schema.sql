@@ -1,4 +1,4 @@
--- mval store schema, version 3, with event_cells_table.sql and views.sql. Applied by `mval init` in one transaction.
+-- mval store schema, version 4, with event_cells_table.sql, views.sql and ingest_log.sql. Applied by `mval init` in one transaction.
 CREATE TABLE mval_meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -7,6 +7,9 @@ CREATE TABLE mval_meta (
 CREATE SEQUENCE ingest_id_seq START 1;
 
 -- One row per ingested file: ingesting the same content twice adds nothing.
+-- feature_columns: the file columns gathered into events.features, in vector order (--features, or the
+-- affinity columns of --format obd); NULL when features came from one list column, or there are none, and
+-- for ingests before version 4. An ingest that gathers other names than an earlier one's is refused.
 CREATE TABLE ingests (
     ingest_id    INTEGER PRIMARY KEY,
     path         TEXT NOT NULL,
@@ -15,7 +18,8 @@ CREATE TABLE ingests (
     logger       TEXT NOT NULL,
     rows         BIGINT NOT NULL,  -- events added (rows of the file already stored are not counted)
     first_event  BIGINT NOT NULL,
-    ingested_at  TIMESTAMP NOT NULL DEFAULT current_localtimestamp()
+    ingested_at  TIMESTAMP NOT NULL DEFAULT current_localtimestamp(),
+    feature_columns TEXT[]
 );
 
 -- One row per logged interaction. event_id is dense and increasing in ingest order; source_event_id is

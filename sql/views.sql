@@ -38,8 +38,4 @@ FROM policies
 GROUP BY policy
 ORDER BY policy;
 
--- Ingested files.
-CREATE VIEW ingest_log AS
-SELECT ingest_id, logger, format, rows, path, ingested_at
-FROM ingests
-ORDER BY ingest_id;
+-- Ingested files: `ingest_log`, in sql/ingest_log.sql (an older store gets it anew when upgraded).

@@ -26,7 +26,8 @@ def store(tmp_path: Path) -> Path:
 def as_ingested(con, ingest_id: int, logger: str, rows: int) -> None:
     """Events written straight into `events` as ingest `ingest_id` get what `mval ingest` adds with them:
     an `ingests` row and their counted cells."""
-    con.execute("INSERT INTO ingests VALUES (?, 'test', ?, 'generic', ?, ?, 0, now())",
+    con.execute("INSERT INTO ingests (ingest_id, path, content_hash, format, logger, rows, first_event) "
+                "VALUES (?, 'test', ?, 'generic', ?, ?, 0)",
                 [ingest_id, f"test-{ingest_id}", logger, rows])
     add_event_cells(con, ingest_id)
 

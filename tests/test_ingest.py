@@ -677,3 +677,102 @@ def test_text_ids_that_only_look_like_numbers_are_kept(store, tmp_path):
         ingest_file(con, path, "a")
         got = con.execute("SELECT context_id, source_event_id FROM events ORDER BY event_id").fetchall()
     assert got == [("1.5", "v1.0"), ("1", "1.0.0"), ("-1", "10")]
+
+
+def _features_file(path: Path, columns: list[str], seed: int = 0) -> Path:
+    """A CSV log of 4 rows with numeric columns `columns` (to gather with --features), in the file order given."""
+    rng = np.random.default_rng(seed)
+    pl.DataFrame({"action": [0, 1, 1, 0], "propensity": [0.5] * 4, "reward": rng.random(4).round(3),
+                  **{name: rng.normal(size=4).round(3) for name in columns}}).write_csv(path)
+    return path
+
+
+def _recorded(store) -> list[tuple]:
+    with open_store(store, read_only=True) as con:
+        return con.execute("SELECT ingest_id, logger, feature_columns FROM ingest_log").fetchall()
+
+
+def test_the_gathered_feature_columns_are_recorded_and_the_same_names_pass(store, tmp_path):
+    """Another file, another logger, the columns in another file order: the same names, the same vectors."""
+    with open_store(store) as con:
+        ingest_file(con, _features_file(tmp_path / "a.csv", ["f_a", "f_b", "x"]), "a", features=["f_*"])
+        ingest_file(con, _features_file(tmp_path / "b.csv", ["f_b", "f_a"], seed=1), "b", features=["f_a", "f_b"])
+        generic_log(rows=5).drop("features").write_parquet(tmp_path / "none.parquet")
+        ingest_file(con, tmp_path / "none.parquet", "c")
+    assert _recorded(store) == [(1, "a", ["f_a", "f_b"]), (2, "b", ["f_a", "f_b"]), (3, "c", None)]
+
+
+def test_obd_records_its_affinity_columns_and_list_columns_record_none(tmp_path):
+    from mval.store import init_store
+
+    store = init_store(tmp_path / "obd.duckdb")
+    write_obd_csv(tmp_path / "obd.csv", rows=10, n_items=3)
+    pl.DataFrame({"action": [0, 1], "propensity": [0.5, 0.5], "reward": [1.0, 0.0],
+                  "features": [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]}).write_parquet(tmp_path / "list.parquet")
+    with open_store(store) as con:
+        ingest_file(con, tmp_path / "obd.csv", "random", "obd")
+        ingest_file(con, tmp_path / "list.parquet", "other")  # one list column: compared by length only
+    assert _recorded(store) == [(1, "random", [f"user-item_affinity_{j}" for j in range(3)]), (2, "other", None)]
+
+
+@pytest.mark.parametrize("columns, patterns, match", [
+    (["f_a", "f_c"], ["f_*"], r"feature 2 would come from column f_c, but ingest 1 took feature 2 from column f_b"),
+    (["f_a", "f_b"], ["f_b", "f_a"],
+     r"feature 1 would come from column f_b, but ingest 1 took feature 1 from column f_a"),
+    (["f_a", "f_b", "f_c"], ["f_*"], r"feature 3 would come from column f_c, but ingest 1 had only 2 features"),
+    (["f_a"], ["f_*"], r"feature 2 would be missing \(1 gathered\), but ingest 1 took feature 2 from column f_b"),
+], ids=["other-names", "other-order", "longer", "shorter"])
+def test_other_feature_columns_are_refused_and_store_is_unchanged(store, tmp_path, columns, patterns, match):
+    """f_a,f_b then f_a,f_c: the vectors have one length but mean different things, and evaluate and
+    design would fit one reward model on them."""
+    with open_store(store) as con:
+        ingest_file(con, _features_file(tmp_path / "a.csv", ["f_a", "f_b"]), "a", features=["f_a", "f_b"])
+        generic_log(rows=5).with_columns(features=pl.Series([[1.0, 2.0]] * 5)).write_parquet(tmp_path / "l.parquet")
+        ingest_file(con, tmp_path / "l.parquet", "list")  # recorded no names: not compared by name
+    path = _features_file(tmp_path / "b.csv", columns, seed=1)
+    before = _all_tables(store)
+    with open_store(store) as con, pytest.raises(MvalError) as refused:
+        ingest_file(con, path, "b", features=patterns)
+    message = str(refused.value)
+    assert re.match(rf"{re.escape(str(path))}: {match}; ", message), message
+    assert message.endswith("one store holds one feature space (evaluate and design fit one reward model on every "
+                            "ingest's vectors): gather the same columns in the same order (--features f_a,f_b), "
+                            "or ingest into a new store")
+    assert "\n" not in message
+    after = _all_tables(store)
+    for table in before:
+        assert before[table].equals(after[table]), table
+
+
+def test_the_cli_refuses_other_feature_columns_in_one_line(store, tmp_path):
+    from conftest import run_cli
+
+    run_cli("ingest", store, _features_file(tmp_path / "a.csv", ["x_1", "x_2", "x_10"]), "--logger", "a",
+            "--features", "x_*")
+    result = run_cli("ingest", store, _features_file(tmp_path / "b.csv", ["x_1", "x_3", "x_10"]), "--logger", "b",
+                     "--features", "x_*", ok=False)
+    assert result.exit_code == 2
+    assert result.output == (f"Error: {tmp_path / 'b.csv'}: feature 2 would come from column x_3, but ingest 1 took "
+                             "feature 2 from column x_2; one store holds one feature space (evaluate and design fit "
+                             "one reward model on every ingest's vectors): gather the same columns in the same order "
+                             "(--features x_1,x_2,x_10), or ingest into a new store\n")
+
+
+def test_an_obd_file_with_other_items_is_refused(store, tmp_path):
+    write_obd_csv(tmp_path / "a.csv", rows=10, n_items=3)
+    write_obd_csv(tmp_path / "b.csv", rows=10, n_items=4)
+    with open_store(store) as con:
+        ingest_file(con, tmp_path / "a.csv", "a", "obd")
+        with pytest.raises(MvalError, match=r"b.csv: feature 4 would come from column user-item_affinity_3, but "
+                                            r"ingest 1 had only 3 features; .*: ingest OBD files with the same "
+                                            r"user-item_affinity_ columns, or ingest into a new store$"):
+            ingest_file(con, tmp_path / "b.csv", "b", "obd")
+
+
+def test_a_long_list_of_feature_columns_is_named_by_a_query(store, tmp_path):
+    names = [f"f_{i}" for i in range(20)]
+    with open_store(store) as con:
+        ingest_file(con, _features_file(tmp_path / "a.csv", names), "a", features=["f_*"])
+        with pytest.raises(MvalError, match=r"gather the same columns in the same order \(--features with the 20 "
+                                            r"columns of SELECT feature_columns FROM ingests WHERE ingest_id = 1\), "):
+            ingest_file(con, _features_file(tmp_path / "b.csv", names[::-1]), "b", features=names[::-1])

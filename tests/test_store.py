@@ -4,6 +4,7 @@ import sys
 import textwrap
 
 import duckdb
+import numpy as np
 import polars as pl
 import pytest
 from conftest import generic_log, run_cli
@@ -79,6 +80,19 @@ def test_store_held_by_another_writer_is_reported_busy(store):
         holder.communicate("\n", timeout=30)
 
 
+def _back_to(con, version: int) -> None:
+    """Undo, on a store made by this mval, what the schema versions after `version` added (but `event_cells`,
+    version 2): version 3 `examples.record` and `events.source_event_id`, version 4 `ingests.feature_columns`
+    (and `ingest_log` showing it)."""
+    if version < 3:
+        con.execute("ALTER TABLE examples DROP COLUMN record")
+        con.execute("ALTER TABLE events DROP COLUMN IF EXISTS source_event_id")
+    con.execute("ALTER TABLE ingests DROP COLUMN IF EXISTS feature_columns")
+    con.execute("CREATE OR REPLACE VIEW ingest_log AS SELECT ingest_id, logger, format, rows, path, ingested_at "
+                "FROM ingests ORDER BY ingest_id")
+    con.execute("UPDATE mval_meta SET value = ? WHERE key = 'schema_version'", [str(version)])
+
+
 def _version_1_store(store, tmp_path):
     """A store as mval with schema version 1 left it: two ingests, no `event_cells`."""
     generic_log(rows=120, seed=1).write_parquet(tmp_path / "a.parquet")
@@ -88,9 +102,7 @@ def _version_1_store(store, tmp_path):
         ingest_file(con, tmp_path / "b.parquet", "b")
         cells = con.sql("SELECT * FROM event_cells ORDER BY ALL").pl()
         con.execute("DROP TABLE event_cells")
-        con.execute("ALTER TABLE examples DROP COLUMN record")
-        con.execute("ALTER TABLE events DROP COLUMN IF EXISTS source_event_id")
-        con.execute("UPDATE mval_meta SET value = '1' WHERE key = 'schema_version'")
+        _back_to(con, 1)
     return cells
 
 
@@ -98,6 +110,7 @@ def test_version_1_store_is_read_with_a_temporary_view_and_left_unchanged(store,
     cells = _version_1_store(store, tmp_path)
     with open_store(store, read_only=True) as con:
         assert con.sql("SELECT * FROM event_cells ORDER BY ALL").pl().equals(cells)
+        assert con.execute("SELECT ingest_id, feature_columns FROM ingest_log").fetchall() == [(1, None), (2, None)]
     with duckdb.connect(str(store), read_only=True) as con:
         assert con.execute("SELECT value FROM mval_meta").fetchall() == [("1",)]
         assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'event_cells'").fetchall() == [(0,)]
@@ -112,13 +125,15 @@ def test_version_1_store_is_upgraded_when_opened_for_writing(store, tmp_path):
         assert con.sql("SELECT * FROM event_cells ORDER BY ALL").pl().equals(cells)
         assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'event_cells' "
                            "AND NOT temporary").fetchall() == [(1,)]
+        assert con.execute("SELECT ingest_id, feature_columns FROM ingest_log").fetchall() == [(1, None), (2, None)]
 
 
 def test_failed_upgrade_is_refused_and_leaves_the_store_at_version_1(store, tmp_path):
     _version_1_store(store, tmp_path)
     with duckdb.connect(str(store)) as con:
         con.execute("CREATE TABLE event_cells (note TEXT)")  # a user's own table in the way
-    with pytest.raises(MvalError, match=r"cannot upgrade the store from schema version 1 to 3 .*store unchanged"):
+    with pytest.raises(MvalError,
+                       match=rf"cannot upgrade the store from schema version 1 to {SCHEMA_VERSION} .*store unchanged"):
         with open_store(store):
             pass
     with duckdb.connect(str(store), read_only=True) as con:
@@ -134,9 +149,7 @@ def _version_2_store(store, tmp_path):
     run_cli("ingest", store, tmp_path / "a.parquet", "--logger", "a")
     run_cli("policy", "add", store, "T", tmp_path / "t.csv")
     with open_store(store) as con:
-        con.execute("ALTER TABLE examples DROP COLUMN record")
-        con.execute("ALTER TABLE events DROP COLUMN IF EXISTS source_event_id")
-        con.execute("UPDATE mval_meta SET value = '2' WHERE key = 'schema_version'")
+        _back_to(con, 2)
         return con.sql("SELECT * FROM events ORDER BY event_id").pl()
 
 
@@ -163,3 +176,54 @@ def test_version_2_store_gets_event_ids_when_opened_for_writing(store, tmp_path)
         got = con.execute("SELECT event_id, source_event_id FROM events WHERE event_id >= 59 ORDER BY 1").fetchall()
         assert con.execute("SELECT count(*) FROM events").fetchall() == [(events.height + 2,)]
     assert got == [(59, None), (60, "x1"), (61, "x2")]
+
+
+def _features_csv(path, columns: list[str], seed: int = 0):
+    """A CSV log of 3 rows with numeric columns `columns` (to gather with --features)."""
+    rng = np.random.default_rng(seed)
+    pl.DataFrame({"action": [0, 1, 1], "propensity": [0.5] * 3, "reward": rng.random(3).round(3),
+                  **{name: rng.normal(size=3).round(3) for name in columns}}).write_csv(path)
+    return path
+
+
+def _version_3_store(store, tmp_path):
+    """A store as mval with schema version 3 left it: `ingests` without `feature_columns` (and `ingest_log`
+    without them), one ingest whose features were gathered from x_1, x_2 (not recorded); returns `ingests`."""
+    run_cli("ingest", store, _features_csv(tmp_path / "a.csv", ["x_1", "x_2"]), "--logger", "a", "--features", "x_*")
+    with open_store(store) as con:
+        _back_to(con, 3)
+        return con.sql("SELECT * FROM ingests").pl()
+
+
+def test_version_3_store_is_read_with_no_feature_columns_and_left_unchanged(store, tmp_path):
+    ingests = _version_3_store(store, tmp_path)
+    rows = json.loads(run_cli("query", store, "SELECT * FROM ingest_log", "--format", "json").output)
+    assert list(rows[0]) == ["ingest_id", "logger", "format", "rows", "path", "ingested_at", "feature_columns"]
+    assert [(r["ingest_id"], r["logger"], r["rows"], r["feature_columns"]) for r in rows] == [(1, "a", 3, None)]
+    out = run_cli("query", store, "SELECT * EXCLUDE (feature_columns) FROM ingests", "--format", "parquet",
+                  "-o", tmp_path / "i.parquet")
+    assert out.output == "" and pl.read_parquet(tmp_path / "i.parquet").equals(ingests)
+    with duckdb.connect(str(store), read_only=True) as con:
+        assert con.execute("SELECT value FROM mval_meta").fetchall() == [("3",)]
+        assert con.execute("SELECT count(*) FROM duckdb_columns() "
+                           "WHERE column_name = 'feature_columns'").fetchall() == [(0,)]
+
+
+def test_version_3_store_records_feature_columns_from_its_next_ingest(store, tmp_path):
+    """Ingest 1 (version 3) recorded no names: it is compared by length only; ingest 2 records x_1, x_3,
+    and a later x_1, x_2 is compared with it."""
+    _version_3_store(store, tmp_path)
+    run_cli("ingest", store, _features_csv(tmp_path / "b.csv", ["x_1", "x_3"], seed=1), "--logger", "b",
+            "--features", "x_*")
+    with duckdb.connect(str(store), read_only=True) as con:
+        assert con.execute("SELECT value FROM mval_meta").fetchall() == [(str(SCHEMA_VERSION),)]
+        assert con.execute("SELECT ingest_id, logger, feature_columns FROM ingest_log").fetchall() == [
+            (1, "a", None), (2, "b", ["x_1", "x_3"])]
+    refused = run_cli("ingest", store, _features_csv(tmp_path / "c.csv", ["x_1", "x_2"], seed=2), "--logger", "a",
+                      "--features", "x_*", ok=False)
+    assert refused.exit_code == 2
+    compared_with_2 = "feature 2 would come from column x_2, but ingest 2 took feature 2 from column x_3; "
+    assert f"c.csv: {compared_with_2}" in refused.output
+    refused = run_cli("ingest", store, _features_csv(tmp_path / "d.csv", ["x_1", "x_2", "x_3"], seed=3), "--logger",
+                      "a", "--features", "x_*", ok=False)  # names in common with ingest 1: still compared with 2
+    assert f"d.csv: {compared_with_2}" in refused.output
