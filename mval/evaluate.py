@@ -359,7 +359,8 @@ def _check_support(
     names: list[str], policy: str, target: np.ndarray, logger_probs: list[np.ndarray | str], log: _Log,
     sub: dict[str, np.ndarray], present: np.ndarray, logger_index: np.ndarray, n_k: np.ndarray,
 ) -> tuple[dict[str, str], np.ndarray | None]:
-    """Estimators that cannot run on these rows (name -> why), and pibar (C, K) when balanced ones can.
+    """Estimators that cannot run on these rows (name -> why), and pibar (C, K) when balanced ones (or dm's
+    standard error) can use it.
 
     Own-weight estimators need every known logger to cover the target on the contexts it logged;
     balanced ones need every logger's policy at every context, and the mixture to cover the target.
@@ -374,7 +375,7 @@ def _check_support(
                    "use balanced-ips/balanced-dr with a logger that does, or dm")
             blocked.update({n: why for n in names if n in OWN_WEIGHT and n not in blocked})
     balanced = [n for n in names if n in BALANCED]
-    if not balanced:
+    if not balanced and "dm" not in names:  # dm's SE uses the mixture too where it is known (see estimators.DM)
         return blocked, None
     contexts = np.unique(sub["context"])
     unknown = [k for k in present if isinstance(logger_probs[k], str)]
