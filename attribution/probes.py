@@ -110,7 +110,7 @@ def _probe_problem(vector: np.ndarray, bias: np.ndarray, d_model: int, position:
 
 def _metadata_int(meta: dict[str, str], key: str, where: str) -> int:
     value = meta[key]
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # "²" is a digit to isdigit but not to int()
         raise MvalError(f"{where}: {key} {value!r} in the metadata is not a whole number (0 or more); {RETRAIN}")
     return int(value)
 

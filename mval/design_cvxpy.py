@@ -3,7 +3,7 @@
 The model is built once per shape and cached; a new instance only sets Parameter values and
 re-solves. Separable problems (one cost, no reward constraint) are solved in blocks of contexts
 with one DPP-compiled block model; coupled ones (minimax, reward constraint) in one model over
-every context, limited to COUPLED_LIMIT context-action pairs, and compiled with `ignore_dpp`
+every context, limited to COUPLED_LIMIT context-action-target triples, and compiled with `ignore_dpp`
 (the Parameters as constants): DPP's tensors grow with parameters x variables, so 60 x 80 pairs
 took 22 s and 6.5 GB to compile (240 x 80 ran out of memory), against 1.1 s and 0.2 GB; 240 x 80
 now takes 4 s, 1,000 x 80 23 s and 1 GB.
@@ -26,7 +26,7 @@ from mval.design import DesignInfeasibleError, MvalProblem
 from mval.errors import MvalError
 
 BLOCK_PAIRS = 2000  # context-action pairs per block of a separable problem
-COUPLED_LIMIT = 100_000  # context-action pairs for minimax / reward-constrained problems
+COUPLED_LIMIT = 200_000  # context x action x target triples for minimax / reward-constrained problems
 
 
 class DesignUnboundedError(MvalError):
@@ -105,9 +105,10 @@ def solve_cvxpy(problem: MvalProblem, solver: str = "CLARABEL", **options) -> np
     costs = problem.c if problem.c.ndim == 3 else problem.c[None]
     if costs.shape[0] == 1 and problem.reward is None:
         return _solve_blocks(problem, costs[0], solver, options)
-    if n * k > COUPLED_LIMIT:
+    if n * k * costs.shape[0] > COUPLED_LIMIT:
         raise DesignSolverError(
-            f"{n} contexts x {k} actions is too large for the coupled cvxpy model (limit {COUPLED_LIMIT} pairs); "
+            f"{n} contexts x {k} actions x {costs.shape[0]} target(s) is too large for the coupled cvxpy model "
+            f"(limit {COUPLED_LIMIT} context-action-target triples); "
             "use --solver exact (reward constraint) or fewer contexts"
         )
     weighted = problem.weights[None, :, None] * costs

@@ -332,14 +332,16 @@ def _second_moments(est: LogEstimates, estimator: str, table: str | Path | pl.Da
     missing = [c for c in ("context_id", "action", "s") if c not in frame.columns]
     if missing:
         raise MvalError(f"{where}: missing column(s) {', '.join(missing)}; it needs context_id, action, s")
-    typed = frame.select(pl.col("context_id").cast(pl.Utf8), pl.col("action").cast(pl.Int64, strict=False),
+    typed = frame.select(pl.col("context_id").cast(pl.Utf8), pl.col("action").cast(pl.Float64, strict=False),
                          pl.col("s").cast(pl.Float64, strict=False))
+    fractional = typed["action"].is_not_null() & (typed["action"] != typed["action"].floor())
+    typed = typed.with_columns(pl.when(fractional).then(None).otherwise(pl.col("action")).cast(pl.Int64).alias("action"))
     for column in ("action", "s"):
         bad = typed[column].is_null() & frame[column].is_not_null()
         if bad.any() or frame[column].is_null().any():
             row = int((bad | frame[column].is_null()).arg_max())
-            raise MvalError(f"{where}: row {row + 1}, column {column}: must be a number, found "
-                            f"{frame[column][row]!r}; fill it in")
+            raise MvalError(f"{where}: row {row + 1}, column {column}: must be a{'n integer' if column == 'action' else ' number'}"
+                            f", found {frame[column][row]!r}; fill it in")
     repeated = typed.select("context_id", "action").is_duplicated()
     if repeated.any():
         row = int(repeated.arg_max())

@@ -196,7 +196,7 @@ def file_env(path: str | Path, label: str, **kwargs) -> BanditEnv:
         raise MvalError(f"{path}: cannot read ({str(e).splitlines()[0]}); give a CSV or Parquet file") from e
     if label not in frame.columns:
         raise MvalError(f"{path}: no column {label!r} for --label; columns are {', '.join(frame.columns)}")
-    features = frame.drop(label)
+    features = frame.drop(label).with_columns(pl.col(pl.Boolean).cast(pl.Float64))  # a true/false feature is 1/0
     text = [c for c in features.columns if not features[c].dtype.is_numeric()]
     if text:  # a feature with one stray "N/A" reads as text: dropping it silently would change the problem
         column = features[text[0]]

@@ -89,6 +89,8 @@ def file_format(fmt: str | None, path: str | Path | None) -> str:
         return fmt or "table"
     path = check_output_path(path)
     suffix = path.suffix.lower()
+    if suffix not in FILE_FORMATS and fmt not in (None, "table"):
+        return fmt  # -o out.txt --format csv, -o /dev/stdout --format json: the format is said
     if suffix not in FILE_FORMATS:
         raise MvalError(f"-o {path}: unknown file type {path.suffix or '(none)'}; use .csv, .json, .parquet or .pq "
                         "(json is written as one JSON array; a table is only printed)")

@@ -138,6 +138,16 @@ def test_ctrl_c_during_a_duckdb_query_is_one_line_and_exit_130():
         threading.Timer(0.3, con.interrupt).start()
         con.execute("SELECT count(*) FROM range(1000000000000) a WHERE a.range % 7 = 3").fetchall()
 
-    result = CliRunner().invoke(group, ["count"])
-    assert result.exit_code == 130 and "Traceback" not in result.output, result.output
-    assert result.output == "Error: interrupted; the store keeps only whole writes (rerun the command to finish)\n"
+    @group.command()
+    def signalled() -> None:  # what a real SIGINT raises inside a DuckDB call (checked by hand with `kill -INT`)
+        raise RuntimeError("Query interrupted")
+
+    @group.command()
+    def broken() -> None:
+        raise RuntimeError("something else")
+
+    for command in ("count", "signalled"):
+        result = CliRunner().invoke(group, [command])
+        assert result.exit_code == 130 and "Traceback" not in result.output, result.output
+        assert result.output == "Error: interrupted; the store keeps only whole writes (rerun the command to finish)\n"
+    assert isinstance(CliRunner().invoke(group, ["broken"]).exception, RuntimeError)  # other errors are not hidden

@@ -249,7 +249,7 @@ def test_one_varying_reward_is_enough_to_design(store, tmp_path):
 
 @pytest.mark.parametrize("rows, match", [
     ("context_id,action,s\n,0,abc\n,1,1\n", r"s.csv: row 1, column s: must be a number, found 'abc'"),
-    ("context_id,action,s\n,0,1\n,x,1\n", r"s.csv: row 2, column action: must be a number, found 'x'"),
+    ("context_id,action,s\n,0,1\n,x,1\n", r"s.csv: row 2, column action: must be an integer, found 'x'"),
     ("context_id,action,s\n,0,1\n,0,5\n,1,1\n", r"s.csv: context_id None, action 0 appears more than once"),
 ])
 def test_bad_second_moment_tables_are_refused(store, tmp_path, rows, match):
@@ -281,3 +281,11 @@ def test_small_rewards_are_designed_like_large_ones(store, tmp_path):
     with open_store(store) as con, open_store(big) as con_big:
         small, large = (design_logging_policy(c, ["A", "B"], 600) for c in (con, con_big))
     assert small.std_error == pytest.approx(1e-9 * large.std_error, rel=1e-6)
+
+
+def test_a_fractional_action_in_the_second_moment_table_is_refused(store, tmp_path):
+    """A cast to integers truncated 1.5 to 1 and used its s for action 1."""
+    fill(store, tmp_path)
+    (tmp_path / "s.csv").write_text("context_id,action,s\n,0,1\n,1.5,2\n,2,1\n")
+    with open_store(store) as con, pytest.raises(MvalError, match=r"row 2, column action: must be an integer, found 1.5"):
+        design_logging_policy(con, ["A"], 100, second_moment_table=tmp_path / "s.csv")

@@ -210,3 +210,10 @@ def test_file_env_refuses_a_text_feature_column(tmp_path):
     (tmp_path / "t.csv").write_text("x,z,y\n1.0,0.5,0\n2.0,N/A,1\n3.0,0.7,0\n")
     with pytest.raises(MvalError, match=r"t.csv: row 2, column 'z': not a number \('N/A'\); every column but --label 'y'"):
         file_env(tmp_path / "t.csv", "y")
+
+
+def test_file_env_reads_a_boolean_feature_as_0_or_1(tmp_path):
+    pl.DataFrame({"x": [0.1, 0.5, 0.9, 0.3], "flag": [True, False, True, False], "y": [0, 1, 0, 1]}).write_parquet(
+        tmp_path / "b.parquet")
+    env = file_env(tmp_path / "b.parquet", "y")  # it said "row 1, column 'flag': not a number (True)"
+    np.testing.assert_array_equal(env.features[:, 1], [1.0, 0.0, 1.0, 0.0])

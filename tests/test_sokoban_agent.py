@@ -3,6 +3,7 @@
 import json
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,17 +140,71 @@ def test_a_save_killed_while_writing_leaves_the_last_checkpoint_whole(tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         Trainer(longer, run).run()
     monkeypatch.undo()
-    assert {name: (run / name).read_bytes() for name in saved} == saved
+    assert {name: (run / name).read_bytes() for name in saved} == saved and list(run.glob("*.tmp"))
     resumed = Trainer(longer, run)
-    assert resumed.updates == 2 and resumed.run().updates == 4 and not list(run.glob("*.tmp"))
+    assert resumed.updates == 2 and not list(run.glob("*.tmp"))  # the half-written files are gone at once
+    assert resumed.run().updates == 4 and not list(run.glob("*.tmp"))
 
 
-def test_a_checkpoint_cut_off_between_its_renames_is_refused_on_resume(tmp_path):
+def test_a_save_killed_while_writing_state_json_leaves_the_last_checkpoint_whole(tmp_path):
+    _, longer = _two_update_run(tmp_path)
+    run = tmp_path / "run"
+    saved = {name: (run / name).read_bytes() for name in ("agent.safetensors", "optimizer.safetensors")}
+    for name, data in saved.items():
+        (run / f"{name}.tmp").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # a next checkpoint, written whole ...
+    whole = (run / "state.json").read_text()
+    (run / "state.json.tmp").write_text(whole[: len(whole) // 2])  # ... but its state.json cut off mid-write
+    resumed = Trainer(longer, run)
+    assert resumed.updates == 2 and not list(run.glob("*.tmp"))
+    assert {name: (run / name).read_bytes() for name in saved} == saved
+
+
+@pytest.mark.parametrize("renamed", [1, 2])
+def test_a_save_killed_between_its_renames_resumes_from_the_new_checkpoint(tmp_path, monkeypatch, renamed):
+    cfg, longer = _two_update_run(tmp_path)
+    run = tmp_path / "run"
+    real_replace, calls = Path.replace, []
+
+    def replace_then_die(self, target):
+        if len(calls) == renamed:
+            raise KeyboardInterrupt  # killed after `renamed` of the three renames
+        calls.append(self.name)
+        return real_replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", replace_then_die)
+    killed = Trainer(longer, run)
+    with pytest.raises(KeyboardInterrupt):
+        killed.run()
+    monkeypatch.undo()
+    assert killed.updates == 4 and (run / "state.json.tmp").is_file()
+    assert json.loads((run / "state.json").read_text())["updates"] == 2  # the old state.json, the new agent
+    resumed = Trainer(longer, run)
+    assert resumed.updates == 4 and resumed.env_steps == killed.env_steps and not list(run.glob("*.tmp"))
+    assert json.loads((run / "state.json").read_text())["updates"] == 4
+    for name, tensor in killed.agent.state_dict().items():
+        assert torch.equal(resumed.agent.state_dict()[name], tensor)
+    for p, q in zip(killed.agent.parameters(), resumed.agent.parameters(), strict=True):
+        assert torch.equal(killed.opt.state[p]["exp_avg_sq"], resumed.opt.state[q]["exp_avg_sq"])
+    assert resumed.run().updates == 4 and not list(run.glob("*.tmp"))
+
+
+def test_a_checkpoint_file_changed_by_hand_is_refused_on_resume(tmp_path):
     cfg, longer = _two_update_run(tmp_path)
     torch.manual_seed(1)
-    save_agent(DRC(cfg.agent), tmp_path / "run" / "agent.safetensors")  # the next agent, renamed in before state.json
+    save_agent(DRC(cfg.agent), tmp_path / "run" / "agent.safetensors")  # another agent, no checkpoint to roll forward
     with pytest.raises(MvalError, match=r"run: agent.safetensors is not the one state.json was saved with .*new -o$"):
         Trainer(longer, tmp_path / "run")
+
+
+def test_a_staged_checkpoint_that_matches_its_files_nowhere_is_refused(tmp_path):
+    cfg, longer = _two_update_run(tmp_path)
+    run = tmp_path / "run"
+    state = json.loads((run / "state.json").read_text())
+    state["sha256"]["agent.safetensors"] = "0" * 64  # neither agent.safetensors.tmp nor agent.safetensors
+    (run / "state.json.tmp").write_text(json.dumps(state))
+    with pytest.raises(MvalError, match=r"run: agent.safetensors matches neither .*new -o$"):
+        Trainer(longer, run)
+    assert (run / "state.json.tmp").is_file()  # left as found
 
 
 def test_a_fresh_start_does_not_reuse_the_levels_of_a_run_killed_before_its_first_checkpoint(tmp_path):

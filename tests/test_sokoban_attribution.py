@@ -242,7 +242,10 @@ def test_bad_input_is_refused_in_one_line(level_file, concept_file, tmp_path):
             match="made for the agent with weights 0000000000000000, not this one")
     plan_concept(replace(made, fingerprint=None), "left", 3, "player").save(tmp_path / "deeper.safetensors")
     refused(*base, "--model", SHIPPED_AGENT, "--concept", tmp_path / "deeper.safetensors",  # layer 1 + 3, not 1 + 2
-            match="made from h1 of an agent of another depth (layer 4; this agent of depth 2 reads it at 3)")
+            match="made from h1 of an agent of another depth (layer 4; this agent has depth 2, layers 1..2 and 3..4")
+    plan_concept(replace(made, source="h3", fingerprint=None), "left", 3).save(tmp_path / "h3.safetensors")
+    refused(*base, "--model", SHIPPED_AGENT, "--concept", tmp_path / "h3.safetensors",  # layer 3 is h1 at the player
+            match="made from h3 of an agent of another depth (layer 3; this agent has depth 2")
     probe = PlanProbe(*(np.zeros((5, 4)), np.zeros(5), np.zeros(4), np.ones(4)), "obs", "box")
     with pytest.raises(MvalError, match="one layer's state"):
         plan_concept(probe, "left", 2)

@@ -108,9 +108,10 @@ class AgentConceptModel:
         if parsed is not None:
             depth = self.module.config.layers
             expected = int(parsed["d"]) + (depth if parsed["player"] else 0)
-            if concept.layer != expected:
+            if int(parsed["d"]) > depth or concept.layer != expected:
                 raise MvalError(f"--concept: made from {parsed['state']} of an agent of another depth (layer "
-                                f"{concept.layer}; this agent of depth {depth} reads it at {expected}); {remake}")
+                                f"{concept.layer}; this agent has depth {depth}, layers 1..{depth} and "
+                                f"{depth + 1}..{2 * depth} at the player's square); {remake}")
         if concept.model is not None and concept.model != (found := agent_fingerprint(self.module)):
             raise MvalError(f"--concept: made for the agent with weights {concept.model}, not this one "
                             f"(weights {found}); {remake}")

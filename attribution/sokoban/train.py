@@ -9,8 +9,10 @@ follow the expert with probability beta (decaying to 0 over the first half) and 
 otherwise (DAgger), and deadlocked boards restart at once. Actor-critic phase: PG + value + entropy.
 
 A run directory holds agent.safetensors, optimizer.safetensors, state.json (resume point; it records the
-sha256 of the agent and optimizer files it belongs to, and a checkpoint renames all three into place from
-temporary files, state.json last, so a resume refuses a checkpoint cut off between its renames),
+sha256 of the agent and optimizer files it belongs to; a checkpoint writes and fsyncs all three as .tmp files,
+state.json.tmp last, then renames them into place, state.json last: a run killed between the renames rolls
+forward to that checkpoint on resume, one killed before them drops its .tmp files and resumes from the one
+before, and agent or optimizer files changed by hand are refused),
 levels.txt (the training levels, example id = index), episodes.csv (one row per finished episode:
 level, phase, env step, length, return, solved) and episodes.jsonl (each finished episode's moves,
 taught actions and rewards: the per-level record that attribution builds on). state.json records how
@@ -116,6 +118,26 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def _fsync(path: Path) -> None:
+    """Flush file `path` to disk, so a power loss cannot leave it renamed into place but empty."""
+    with path.open("rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make renames in folder `path` durable; best effort (not every platform or filesystem can)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _adam_state_tensors(opt: torch.optim.Optimizer, agent: DRC) -> dict[str, torch.Tensor]:
     names = {id(p): n for n, p in agent.named_parameters()}
     out = {}
@@ -142,6 +164,7 @@ class Trainer:
         self.config = config
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
+        self._finish_checkpoint()
         state_file = self.out / "state.json"
         self.env_steps = 0
         self.updates = 0
@@ -189,14 +212,44 @@ class Trainer:
         write_levels(cached, levels)
         return levels
 
+    def _finish_checkpoint(self) -> None:
+        """Complete or drop a checkpoint that a kill cut off in save(). state.json.tmp is written (whole JSON)
+        only after both other .tmp files are whole, so with it the checkpoint rolls forward: each file is
+        renamed in from its .tmp, or kept if already renamed in before the kill, then state.json last.
+        Without it (or cut off mid-write) the stray .tmp files are deleted and the old checkpoint stands."""
+        staged = self.out / "state.json.tmp"
+        try:
+            recorded = json.loads(staged.read_text())["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            recorded = None
+        if not isinstance(recorded, dict) or set(recorded) != set(CHECKPOINT_FILES):
+            for name in (*CHECKPOINT_FILES, "state.json"):
+                (self.out / f"{name}.tmp").unlink(missing_ok=True)
+            return
+        moves = []
+        for name in CHECKPOINT_FILES:
+            tmp, path = self.out / f"{name}.tmp", self.out / name
+            if tmp.is_file() and _sha256(tmp) == recorded[name]:
+                moves.append((tmp, path))
+            elif not (path.is_file() and _sha256(path) == recorded[name]):
+                raise MvalError(f"{self.out}: {name} matches neither {name}.tmp nor state.json.tmp (files changed "
+                                "mid-save); delete the folder to train afresh, or train into a new -o")
+        for tmp, path in moves:
+            tmp.replace(path)
+        for name in CHECKPOINT_FILES:  # a .tmp that did not match while the file in place did is stale
+            (self.out / f"{name}.tmp").unlink(missing_ok=True)
+        _fsync_dir(self.out)
+        staged.replace(self.out / "state.json")
+        _fsync_dir(self.out)
+
     def _check_checkpoint(self, recorded: dict[str, str]) -> None:
         """Refuse agent or optimizer files other than those state.json was saved with (`recorded`: name -> sha256;
         empty in runs saved before it was recorded)."""
         for name, digest in recorded.items():
             path = self.out / name
             if not path.is_file() or _sha256(path) != digest:
-                raise MvalError(f"{self.out}: {name} is not the one state.json was saved with (a checkpoint cut off "
-                                "mid-save); delete the folder to train afresh, or train into a new -o")
+                raise MvalError(f"{self.out}: {name} is not the one state.json was saved with (changed since "
+                                "its checkpoint); delete the folder to train afresh, or train into a new -o")
 
     def _drop_unsaved_episodes(self, saved_bytes: dict[str, int]) -> None:
         """Cut each episodes file back to the bytes the checkpoint covers (none: remove it)."""
@@ -208,17 +261,27 @@ class Trainer:
                 os.truncate(path, size)
 
     def save(self) -> None:
-        """Checkpoint: write each file under a temporary name, then rename them into place, state.json last."""
+        """Checkpoint: write and fsync each file under a temporary name, state.json.tmp last (its being there
+        means the others are whole), then rename them into place, state.json last; a kill between the renames
+        is rolled forward by the next Trainer (`_finish_checkpoint`)."""
         staged = {name: self.out / f"{name}.tmp" for name in (*CHECKPOINT_FILES, "state.json")}
+        staged["state.json"].unlink(missing_ok=True)  # never beside .tmp files it does not describe
         save_agent(self.agent, staged["agent.safetensors"], {"env_steps": self.env_steps})
         save_file(_adam_state_tensors(self.opt, self.agent), str(staged["optimizer.safetensors"]))
         files = {name: self.out / name for name in EPISODE_FILES}
         sizes = {name: path.stat().st_size if path.is_file() else 0 for name, path in files.items()}
         state = {"config": self.config.to_dict(), "env_steps": self.env_steps, "updates": self.updates,
                  "episode_bytes": sizes, "sha256": {name: _sha256(staged[name]) for name in CHECKPOINT_FILES}}
-        staged["state.json"].write_text(json.dumps(state, indent=1))
+        for name in CHECKPOINT_FILES:
+            _fsync(staged[name])
+        with staged["state.json"].open("w") as f:
+            f.write(json.dumps(state, indent=1))
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(self.out)
         for name, path in staged.items():
             path.replace(self.out / name)
+        _fsync_dir(self.out)
 
     def _record(self, episode: dict, phase: str) -> None:
         done = episode["level_id"] >= 0
