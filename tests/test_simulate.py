@@ -213,7 +213,10 @@ def test_file_env_refuses_a_text_feature_column(tmp_path):
 
 
 def test_file_env_reads_a_boolean_feature_as_0_or_1(tmp_path):
-    pl.DataFrame({"x": [0.1, 0.5, 0.9, 0.3], "flag": [True, False, True, False], "y": [0, 1, 0, 1]}).write_parquet(
-        tmp_path / "b.parquet")
-    env = file_env(tmp_path / "b.parquet", "y")  # it said "row 1, column 'flag': not a number (True)"
-    np.testing.assert_array_equal(env.features[:, 1], [1.0, 0.0, 1.0, 0.0])
+    flag = [True, False, True, False] * 5
+    frame = pl.DataFrame({"x": np.linspace(0, 1, 20), "flag": flag, "y": [0, 1] * 10})
+    frame.write_parquet(tmp_path / "b.parquet")  # it said "row 1, column 'flag': not a number (True)"
+    frame.with_columns(pl.col("flag").cast(pl.Float64)).write_parquet(tmp_path / "f.parquet")
+    booleans, numbers = file_env(tmp_path / "b.parquet", "y"), file_env(tmp_path / "f.parquet", "y")
+    np.testing.assert_array_equal(booleans.features, numbers.features)
+    np.testing.assert_array_equal(booleans.mean_reward, numbers.mean_reward)
