@@ -14,7 +14,10 @@ from mval.store import open_store
 # DuckDB types shown as DuckDB's text for them: polars cannot import INTERVAL and UNION (a traceback), takes
 # BLOB, BIT and BIGNUM as raw bytes (printed as b'\xaa', refused by csv) and TIME WITH TIME ZONE as a time
 # without its offset.
-AS_TEXT = {"interval", "union", "blob", "bit", "bignum", "time with time zone"}
+AS_TEXT = {"interval", "union", "blob", "bit", "bignum", "time with time zone", "uhugeint"}  # uhugeint >= 2^127: < 0
+# seconds and milliseconds: polars' conversion wraps DuckDB's infinity around (1969-12-31 23:59:59); as
+# microseconds (no precision lost) infinity arrives as such and is shown as text (`beyond_python`)
+COARSE_TIMESTAMPS = {"timestamp_s", "timestamp_ms"}
 # Dates that Python's datetime holds (days from 1970-01-01 to 0001-01-01 and to 9999-12-31): json prints dates
 # through Python, and polars' table panics on DuckDB's infinite dates; beyond them a column is shown as text.
 FIRST_DAY, LAST_DAY = -719_162, 2_932_896
@@ -27,6 +30,8 @@ def shown_type(dtype: duckdb.DuckDBPyType) -> str | None:
     text (csv writes a map as a JSON object)."""
     if dtype.id in AS_TEXT:
         return "VARCHAR"
+    if dtype.id in COARSE_TIMESTAMPS:
+        return "TIMESTAMP"
     if dtype.id in ("list", "array"):
         children = dict(dtype.children)  # child, and an array's size
         inner = shown_type(children["child"])

@@ -103,6 +103,7 @@ def _read_csv_cell(text: str) -> str:
     ("SELECT BIT '101' AS x", "101"),
     ("SELECT '1267650600228229401496703205376'::BIGNUM AS x", "1267650600228229401496703205376"),
     ("SELECT '12:00:00+02'::TIMETZ AS x", "12:00:00+02"),  # polars' Time would drop the offset
+    ("SELECT 1::UHUGEINT << 127 AS x", "170141183460469231731687303715884105728"),  # it printed a negative number
 ])
 def test_types_polars_cannot_take_are_shown_as_duckdb_text_in_every_format(events_store, tmp_path, sql, text):
     got = _all_formats(events_store, tmp_path, sql)
@@ -128,6 +129,8 @@ def test_nested_values_keep_their_shape_with_such_types_as_text(events_store, tm
     ("SELECT '-infinity'::TIMESTAMP AS x", "-infinity"),
     ("SELECT '10000-01-01'::DATE AS x", "10000-01-01"),  # json goes through Python's datetime: years 1 to 9999
     ("SELECT '0001-01-01 (BC)'::TIMESTAMP_MS AS x", "0001-01-01 (BC) 00:00:00"),
+    ("SELECT 'infinity'::TIMESTAMP_S AS x", "infinity"),  # it printed 1969-12-31 23:59:59
+    ("SELECT '-infinity'::TIMESTAMP_MS AS x", "-infinity"),
 ])
 def test_dates_python_cannot_hold_are_shown_as_duckdb_text_in_every_format(events_store, tmp_path, sql, text):
     got = _all_formats(events_store, tmp_path, sql)
