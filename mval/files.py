@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -22,6 +23,12 @@ READERS = {
     ".ndjson": "read_json",
     ".json": "read_json",
 }
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in chunks."""
+    with Path(path).open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def utf8_line(raw: bytes, where: str) -> str:

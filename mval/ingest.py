@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import fnmatch
-import hashlib
 import math
 import re
 from dataclasses import asdict, dataclass
@@ -32,7 +31,7 @@ from pathlib import Path
 import duckdb
 
 from mval.errors import MvalError
-from mval.files import file_reader, key_text_sql, relation_for_file, sql_ident, table_sql, utf8_line
+from mval.files import file_reader, file_sha256, key_text_sql, relation_for_file, sql_ident, table_sql, utf8_line
 from mval.store import add_event_cells, load_sql, transaction
 
 FORMATS = ("generic", "obd")
@@ -82,12 +81,6 @@ class IngestResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def content_hash(path: Path) -> str:
-    """sha256 of the file's bytes: the same content ingested twice adds nothing."""
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 PARSED = ("features", "action_probs", "position", "ts")  # optional columns that may fail to parse: kept raw too
@@ -451,7 +444,7 @@ def ingest_file(
     if fmt not in FORMATS:
         raise MvalError(f"--format {fmt}: unknown; use one of {', '.join(FORMATS)}")
     rel = relation_for_file(con, path, as_text=True)
-    digest = content_hash(path)
+    digest = file_sha256(path)  # the same content ingested twice adds nothing
     seen = con.execute("SELECT ingest_id, logger FROM ingests WHERE content_hash = ?", [digest]).fetchall()
     if seen:
         return _already_ingested(path, logger, *seen[0])

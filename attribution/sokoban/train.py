@@ -23,7 +23,6 @@ A resumed run restarts its boards from the level starts, seeded by the update co
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -39,6 +38,7 @@ from attribution.sokoban.agent import DRC, DRCConfig, load_agent, reset_where, s
 from attribution.sokoban.env import Expert, SokobanVecEnv
 from attribution.sokoban.levels import LevelSet, generate_levels, read_levels, state_distances, write_levels
 from mval.errors import MvalError
+from mval.files import file_sha256
 from mval.progress import progress
 
 EPISODE_FILES = ("episodes.csv", "episodes.jsonl")
@@ -111,11 +111,6 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last: 
         adv[t] = running
         nxt = values[t]
     return adv, adv + values
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -229,9 +224,9 @@ class Trainer:
         moves = []
         for name in CHECKPOINT_FILES:
             tmp, path = self.out / f"{name}.tmp", self.out / name
-            if tmp.is_file() and _sha256(tmp) == recorded[name]:
+            if tmp.is_file() and file_sha256(tmp) == recorded[name]:
                 moves.append((tmp, path))
-            elif not (path.is_file() and _sha256(path) == recorded[name]):
+            elif not (path.is_file() and file_sha256(path) == recorded[name]):
                 raise MvalError(f"{self.out}: {name} matches neither {name}.tmp nor state.json.tmp (files changed "
                                 "mid-save); delete the folder to train afresh, or train into a new -o")
         for tmp, path in moves:
@@ -247,7 +242,7 @@ class Trainer:
         empty in runs saved before it was recorded)."""
         for name, digest in recorded.items():
             path = self.out / name
-            if not path.is_file() or _sha256(path) != digest:
+            if not path.is_file() or file_sha256(path) != digest:
                 raise MvalError(f"{self.out}: {name} is not the one state.json was saved with (changed since "
                                 "its checkpoint); delete the folder to train afresh, or train into a new -o")
 
@@ -271,7 +266,7 @@ class Trainer:
         files = {name: self.out / name for name in EPISODE_FILES}
         sizes = {name: path.stat().st_size if path.is_file() else 0 for name, path in files.items()}
         state = {"config": self.config.to_dict(), "env_steps": self.env_steps, "updates": self.updates,
-                 "episode_bytes": sizes, "sha256": {name: _sha256(staged[name]) for name in CHECKPOINT_FILES}}
+                 "episode_bytes": sizes, "sha256": {name: file_sha256(staged[name]) for name in CHECKPOINT_FILES}}
         for name in CHECKPOINT_FILES:
             _fsync(staged[name])
         with staged["state.json"].open("w") as f:
