@@ -29,7 +29,7 @@ from mval.design import MvalProblem, balanced_variance, solve_exact
 from mval.design_cvxpy import solve_cvxpy
 from mval.errors import MvalError
 from mval.files import check_output_path, relation_for_file, write_output
-from mval.policies import load_policy, policy_frame, policy_names
+from mval.policies import check_new_name, load_policy, policy_frame, policy_names
 from mval.store import check_counted, load_sql, transaction
 
 SHRINK_ROWS = 5.0
@@ -414,12 +414,6 @@ def _rounds_needed(variance, policy: np.ndarray, target: float) -> float:
     return float(hi)
 
 
-def check_new_name(con: duckdb.DuckDBPyConnection, name: str, replace: bool) -> None:
-    """Refuse to overwrite policy `name` unless `replace`."""
-    if not replace and name in policy_names(con):
-        raise MvalError(f"policy {name!r} already exists in the store; pick another --save-as or pass --replace")
-
-
 def save_design(con: duckdb.DuckDBPyConnection, policy: pl.DataFrame, name: str, replace: bool = False,
                 output: str | Path | None = None) -> int:
     """Write the designed policy into `policies` under `name`, and to the file `output` if given, in one
@@ -427,7 +421,7 @@ def save_design(con: duckdb.DuckDBPyConnection, policy: pl.DataFrame, name: str,
     con.register("designed_policy", policy)
     try:
         with transaction(con):
-            check_new_name(con, name, replace)
+            check_new_name(con, name, replace, "another --save-as")
             con.execute("DELETE FROM policies WHERE policy = ?", [name])
             con.execute("INSERT INTO policies SELECT ?, context_id, action, prob FROM designed_policy", [name])
             if output is not None:

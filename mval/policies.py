@@ -94,9 +94,7 @@ def add_policy(con: duckdb.DuckDBPyConnection, name: str, path: str | Path, repl
         where = "" if context_id is None else f"context_id {context_id!r}: "
         raise MvalError(f"{path}: {where}{problem}, found {found}; fix the file and retry")
     with transaction(con):
-        exists = con.execute("SELECT count(*) FROM policies WHERE policy = ?", [name]).fetchall()[0][0]
-        if exists and not replace:
-            raise MvalError(f"policy {name!r} already exists in the store; pick another name or pass --replace")
+        check_new_name(con, name, replace, "another name")
         con.execute("DELETE FROM policies WHERE policy = ?", [name])
         con.execute(
             "INSERT INTO policies SELECT ?, context_id, CAST(action AS INTEGER), prob FROM staged_policy", [name]
@@ -104,6 +102,12 @@ def add_policy(con: duckdb.DuckDBPyConnection, name: str, path: str | Path, repl
         rows = con.execute("SELECT count(*) FROM staged_policy").fetchall()[0][0]
     con.execute("DROP TABLE staged_policy")
     return rows
+
+
+def check_new_name(con: duckdb.DuckDBPyConnection, name: str, replace: bool, pick: str) -> None:
+    """Refuse to overwrite policy `name` unless `replace`; `pick` says how to give another name."""
+    if not replace and name in policy_names(con):
+        raise MvalError(f"policy {name!r} already exists in the store; pick {pick} or pass --replace")
 
 
 def policy_names(con: duckdb.DuckDBPyConnection) -> list[str]:

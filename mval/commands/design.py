@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from mval.design_store import (ESTIMATORS, OBJECTIVES, POLICY_FILE_TYPES, SOLVERS, check_new_name, design_logging_policy,
-                               save_design)
+from mval.design_store import ESTIMATORS, OBJECTIVES, POLICY_FILE_TYPES, SOLVERS, design_logging_policy, save_design
 from mval.files import check_output_path
 from mval.output import emit, format_option
+from mval.policies import check_new_name
 from mval.store import open_store
 
 
@@ -53,7 +53,7 @@ def design(store: str, target: str, budget: int, objective: str, estimator: str,
         check_output_path(output, POLICY_FILE_TYPES)
     name = save_as or "mval-" + ("-vs-".join(targets) if objective == "difference" else "+".join(targets))
     with open_store(store) as con:
-        check_new_name(con, name, replace)  # before the solve; save_design checks again in its transaction
+        check_new_name(con, name, replace, "another --save-as")  # before the solve; save_design checks again in its transaction
         result = design_logging_policy(
             con, targets, budget, objective=objective, estimator=estimator, floor=floor, cap=cap,
             min_reward_ratio=min_reward_ratio, solver=solver, loggers=_names(loggers),
