@@ -18,7 +18,7 @@ and the bootstrap draws rows, not cells.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import ClassVar
 
@@ -226,6 +226,10 @@ class Estimator:
     def ess_weights(self, data: LoggedData) -> np.ndarray:
         return np.ones_like(data.reward)
 
+    def replicates(self, data: LoggedData, n_boot: int, seed: int, value: float) -> np.ndarray:
+        """n_boot bootstrap estimates (`value`: the estimate from all rows)."""
+        return bootstrap(self, data, n_boot, seed)
+
     def estimate(self, data: LoggedData, n_boot: int = 0, seed: int = 0, level: float = 0.95) -> Estimate:
         """Estimate, stratified standard error, normal interval and (n_boot > 0) percentile bootstrap."""
         value = float(self.combine(data.logger_sums(self.columns(data)), data.logger_sizes))
@@ -233,7 +237,7 @@ class Estimator:
         z = float(norm.ppf(0.5 + level / 2))
         boot_low = boot_high = None
         if n_boot > 0:
-            boots = bootstrap(self, data, n_boot, seed)
+            boots = self.replicates(data, n_boot, seed, value)
             boot_low, boot_high = (float(v) for v in np.nanquantile(boots, [(1 - level) / 2, (1 + level) / 2]))
         ess = effective_sample_size(self.ess_weights(data), data.count)
         return Estimate(self.name, value, se, value - z * se, value + z * se, ess, data.n, boot_low, boot_high)
@@ -415,15 +419,10 @@ class DM(Estimator):
     def influence(self, data: LoggedData, value: float) -> np.ndarray:
         return self._spread(data).columns(data)[:, 0]
 
-    def estimate(self, data: LoggedData, n_boot: int = 0, seed: int = 0, level: float = 0.95) -> Estimate:
-        found = super().estimate(data, 0, seed, level)
-        if n_boot == 0:
-            return found
+    def replicates(self, data: LoggedData, n_boot: int, seed: int, value: float) -> np.ndarray:
         dr = self._spread(data)
-        shift = found.estimate - float(dr.combine(data.logger_sums(dr.columns(data)), data.logger_sizes))
-        boots = bootstrap(dr, data, n_boot, seed) + shift
-        low, high = (float(v) for v in np.nanquantile(boots, [(1 - level) / 2, (1 + level) / 2]))
-        return replace(found, boot_low=low, boot_high=high)
+        return bootstrap(dr, data, n_boot, seed) + value - float(dr.combine(data.logger_sums(dr.columns(data)),
+                                                                            data.logger_sizes))
 
 
 @dataclass(frozen=True)
