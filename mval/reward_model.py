@@ -3,7 +3,9 @@
 Rows are split into `folds` folds; the model for fold f is fitted on the other folds. Defaults:
 - with features: logistic regression (binary rewards) or ridge regression (otherwise), both
   L2-regularised, on [x, one-hot(a), x * one-hot(a)] with x standardised; fitted on at most
-  `max_fit_rows` rows per fold (a random subsample), so large logs stay cheap;
+  `max_fit_rows` rows per fold (a random subsample), so large logs stay cheap; the design matrix is
+  sparse (2d + 1 entries per row, not d (K + 1) + K) and q for all K actions comes from the
+  coefficients in one product (benchmarks/reward_model.py);
 - without features: per-(context, action) means shrunk towards per-action means, which are
   shrunk towards the global mean (`prior` pseudo-rows each); one context = per-action means.
 Any object with `fit(X, y)` and `predict(X)` (or `predict_proba`) can replace the default: pass a
@@ -15,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.special import expit
 from sklearn.linear_model import LogisticRegression, Ridge
 
 from mval.errors import MvalError
@@ -74,18 +78,29 @@ def cross_fit_means(
     return (sums_out + prior * action_mean[:, None, :]) / (rows_out + prior)
 
 
-def design_matrix(x: np.ndarray, action: np.ndarray, n_actions: int) -> np.ndarray:
-    """[x, one-hot(a), x * one-hot(a)]: a linear model with a separate slope per action."""
-    onehot = np.zeros((len(action), n_actions))
-    onehot[np.arange(len(action)), action] = 1.0
-    return np.hstack([x, onehot, (x[:, :, None] * onehot[:, None, :]).reshape(len(action), -1)])
+def design_matrix(x: np.ndarray, action: np.ndarray, n_actions: int, sparse: bool = False) -> np.ndarray | csr_matrix:
+    """[x, one-hot(a), x * one-hot(a)]: a linear model with a separate slope per action.
+
+    Dense, or with `sparse` a CSR matrix holding only the 2d + 1 entries a row can have (d features): the
+    same columns, without the (K - 1) d zeros of the other actions' slopes."""
+    n, d = x.shape
+    if sparse:
+        slopes = d + n_actions + np.arange(d)[None, :] * n_actions + action[:, None]  # column of x_i * [a]
+        columns = np.hstack([np.broadcast_to(np.arange(d), (n, d)), d + action[:, None], slopes])
+        values = np.hstack([x, np.ones((n, 1)), x])
+        return csr_matrix((values.ravel(), columns.ravel(), np.arange(n + 1) * (2 * d + 1)),
+                          shape=(n, d + n_actions + d * n_actions))
+    onehot = np.zeros((n, n_actions))
+    onehot[np.arange(n), action] = 1.0
+    return np.hstack([x, onehot, (x[:, :, None] * onehot[:, None, :]).reshape(n, -1)])
 
 
 def default_factory(binary: bool) -> Callable[[], object]:
-    """Logistic regression (C = 1) for 0/1 rewards, ridge (alpha = 1) otherwise."""
+    """Logistic regression (C = 1) for 0/1 rewards, ridge (alpha = 1) otherwise (tol 1e-10: on a sparse
+    design matrix sklearn solves ridge iteratively, and its default tolerance leaves errors of 1e-4)."""
     if binary:
         return lambda: LogisticRegression(C=1.0, max_iter=1000)
-    return lambda: Ridge(alpha=1.0)
+    return lambda: Ridge(alpha=1.0, tol=1e-10)
 
 
 def _predict(model: object, x: np.ndarray, binary: bool) -> np.ndarray:
@@ -93,6 +108,32 @@ def _predict(model: object, x: np.ndarray, binary: bool) -> np.ndarray:
     if binary and hasattr(model, "predict_proba"):
         return model.predict_proba(x)[:, list(model.classes_).index(1.0)]
     return np.asarray(model.predict(x), dtype=float)
+
+
+def linear_q(model: LogisticRegression | Ridge, x: np.ndarray, n_actions: int) -> np.ndarray:
+    """q (n, K) of a default model for every action at once, from its coefficients (no design matrix):
+    s(x, a) = b + w_x . x + w_a + sum_i x_i W[i, a], q = sigmoid(s) (logistic) or s (ridge)."""
+    d = x.shape[1]
+    w, b = np.ravel(model.coef_), float(np.ravel(model.intercept_)[0])
+    score = b + (x @ w[:d])[:, None] + w[d : d + n_actions][None, :] + x @ w[d + n_actions :].reshape(d, n_actions)
+    return expit(score) if isinstance(model, LogisticRegression) else score
+
+
+def fit_predict(x_fit: np.ndarray, action: np.ndarray, y: np.ndarray, x_new: np.ndarray, n_actions: int,
+                binary: bool, factory: Callable[[], object] | None = None) -> np.ndarray:
+    """Fit a reward model on (x_fit, action) -> y and predict q (len(x_new), K) for every action.
+
+    The default (logistic or ridge, `default_factory`) fits on the sparse design matrix and predicts from its
+    coefficients; a `factory`'s model sees the dense design matrix, once per action."""
+    if binary and np.unique(y).size < 2:
+        return np.full((len(x_new), n_actions), y.mean())  # nothing to learn from: a constant
+    if factory is None:
+        model = default_factory(binary)().fit(design_matrix(x_fit, action, n_actions, sparse=True), y)
+        return linear_q(model, x_new, n_actions)
+    model = factory()
+    model.fit(design_matrix(x_fit, action, n_actions), y)
+    return np.column_stack([_predict(model, design_matrix(x_new, np.full(len(x_new), a), n_actions), binary)
+                            for a in range(n_actions)])
 
 
 def cross_fit_model(
@@ -111,7 +152,6 @@ def cross_fit_model(
     check_folds(folds)
     features = np.asarray(features, dtype=float)
     binary = bool(np.isin(reward, (0.0, 1.0)).all())
-    make = factory or default_factory(binary)
     scale = features.std(axis=0)
     x = (features - features.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
     reps = np.ones(len(reward), dtype=np.int64) if count is None else np.asarray(count).astype(np.int64)
@@ -125,14 +165,7 @@ def cross_fit_model(
             continue
         if len(train) > max_fit_rows:
             train = rng.choice(train, size=max_fit_rows, replace=False)
-        y = reward[train]
-        if binary and np.unique(y).size < 2:
-            q[test] = y.mean()  # nothing to learn from: a constant
-            continue
-        model = make()
-        model.fit(design_matrix(x[train], action[train], n_actions), y)
-        for a in range(n_actions):
-            q[test, a] = _predict(model, design_matrix(x[test], np.full(len(test), a), n_actions), binary)
+        q[test] = fit_predict(x[train], action[train], reward[train], x[test], n_actions, binary, factory)
     return q
 
 
