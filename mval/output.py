@@ -23,7 +23,7 @@ FILE_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "p
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if isinstance(value, Decimal):  # DuckDB's HUGEINT sums and DECIMALs: numbers, integers kept exact
+    if isinstance(value, Decimal):  # in records a command builds: numbers, integers kept exact (frames: json_text)
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
@@ -38,20 +38,47 @@ def to_frame(data: pl.DataFrame | Sequence[dict]) -> pl.DataFrame:
     return pl.DataFrame([_clean(dict(r)) for r in data], infer_schema_length=None)
 
 
+def json_text(value: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """The JSON text of each `value` of type `dtype`, spaced as `json.dumps` spaces it: decimals as their exact
+    digits (a number, not a float near it), times and dates as polars writes them (nanoseconds kept), NaN
+    and infinities as null. Lists, structs and maps are built from their parts' text, in polars."""
+    if isinstance(dtype, pl.Decimal):
+        text = value.cast(pl.String)
+    elif isinstance(dtype, pl.List | pl.Array):
+        items = value.arr.to_list() if isinstance(dtype, pl.Array) else value
+        text = "[" + items.list.eval(json_text(pl.element(), dtype.inner)).list.join(", ") + "]"
+    elif isinstance(dtype, pl.Map):  # keys are text (see mval.query.shown_type)
+        entries = value.map.entries().list.eval(
+            json_text(pl.element().struct.field("key"), dtype.key) + ": "
+            + json_text(pl.element().struct.field("value"), dtype.value))
+        text = "{" + entries.list.join(", ") + "}"
+    elif isinstance(dtype, pl.Struct):
+        fields = [pl.lit(json.dumps(f.name, ensure_ascii=False) + ": ") + json_text(value.struct.field(f.name), f.dtype)
+                  for f in dtype.fields]
+        text = "{" + pl.concat_str(fields, separator=", ") + "}" if fields else pl.lit("{}")
+    else:  # one value as polars' JSON writer writes it: {"v":...} without its key
+        text = pl.struct(value.alias("v")).struct.json_encode().str.slice(5).str.strip_suffix("}")
+    return pl.when(value.is_null()).then(pl.lit("null")).otherwise(text)
+
+
+def json_rows(frame: pl.DataFrame) -> pl.Series:
+    """Each row of `frame` as a JSON object, its keys the column names."""
+    return frame.select(json_text(pl.struct(pl.all()), pl.Struct(frame.schema))).to_series()
+
+
 def render(data: pl.DataFrame | Sequence[dict], fmt: str) -> str:
     """The text a command prints for `data` in format `fmt` (table, json, csv)."""
     if fmt == "json":  # a JSON list, one object per line
-        records = data.to_dicts() if isinstance(data, pl.DataFrame) else list(data)
-        if not records:
-            return "[]"
-        return "[\n" + ",\n".join(json.dumps(_clean(r), default=str) for r in records) + "\n]"
+        if isinstance(data, pl.DataFrame):
+            rows = json_rows(data).str.join(",\n").item() if data.height else ""
+        else:
+            rows = ",\n".join(json.dumps(_clean(r), default=str) for r in data)
+        return "[\n" + rows + "\n]" if rows else "[]"
     frame = to_frame(data)
     if fmt == "csv":  # nested values (lists, structs) as JSON text in their cell
         nested = [c for c, t in frame.schema.items() if t.is_nested()]
-        frame = frame.with_columns(  # JSON-encode {"v": value}, then keep the value's part
-            pl.when(pl.col(c).is_not_null())
-            .then(pl.struct(pl.col(c).alias("v")).struct.json_encode().str.slice(5).str.strip_suffix("}"))
-            .alias(c) for c in nested)
+        frame = frame.with_columns(
+            pl.when(pl.col(c).is_not_null()).then(json_text(pl.col(c), frame.schema[c])).alias(c) for c in nested)
         return frame.write_csv().rstrip("\n")
     if fmt == "table":
         with pl.Config(
@@ -66,13 +93,15 @@ def render(data: pl.DataFrame | Sequence[dict], fmt: str) -> str:
 
 
 def emit(data: pl.DataFrame | Sequence[dict], fmt: str, path: str | Path | None = None) -> None:
-    """Print `data` (or write it to `path`); parquet needs a path."""
-    if path is not None:
-        check_output_path(path)
+    """Print `data` (or write it to `path`, checked by `file_format` before any work); parquet needs a path."""
     if fmt == "parquet":
         if path is None:
             raise MvalError("--format parquet writes a binary file: give -o FILE.parquet")
-        write_output(path, to_frame(data).write_parquet)
+        try:
+            write_output(path, to_frame(data).write_parquet)
+        except pl.exceptions.PolarsError as e:  # a struct without fields, say
+            raise MvalError(f"-o {path}: parquet cannot hold this result ({str(e).splitlines()[0]}); "
+                            "write it as csv or json") from e
         return
     text = render(data, fmt)
     if path is None:

@@ -55,7 +55,7 @@ def test_init_ingest_query_flow(loaded, tmp_path):
 def test_csv_and_json_output_of_lists_and_big_integers(loaded):
     """Lists go into a CSV cell as JSON text; DuckDB's HUGEINT sums print as JSON numbers."""
     csv = run("query", loaded, "SELECT [1.5::DOUBLE, NULL] AS xs, {'a': 1} AS st, NULL::DOUBLE[] AS none", "--format", "csv").output
-    assert csv.splitlines() == ["xs,st,none", '"[1.5,null]","{""a"":1}",']
+    assert csv.splitlines() == ["xs,st,none", '"[1.5, null]","{""a"": 1}",']  # JSON text, spaced as json.dumps
     out = run("query", loaded, "SELECT sum(action) AS s FROM events", "--format", "json").output
     total = run("query", loaded, "SELECT sum(action)::BIGINT FROM events", "--format", "csv").output.splitlines()[1]
     assert json.loads(out) == [{"s": int(total)}]

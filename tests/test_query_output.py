@@ -3,11 +3,13 @@
 import csv
 import io
 import json
+from decimal import Decimal
 
 import polars as pl
 import pytest
 from conftest import as_ingested, run_cli
 
+import mval.output
 from mval.store import open_store
 
 CONTEXT = "user-" + "x" * 60  # longer than a table cell shows
@@ -104,6 +106,10 @@ def _read_csv_cell(text: str) -> str:
     ("SELECT '1267650600228229401496703205376'::BIGNUM AS x", "1267650600228229401496703205376"),
     ("SELECT '12:00:00+02'::TIMETZ AS x", "12:00:00+02"),  # polars' Time would drop the offset
     ("SELECT 1::UHUGEINT << 127 AS x", "170141183460469231731687303715884105728"),  # it printed a negative number
+    # HUGEINTs of 39 digits: json printed 170141183460469231731687303715884105730, parquet's decimal holds 38
+    ("SELECT 170141183460469231731687303715884105727::HUGEINT AS x", "170141183460469231731687303715884105727"),
+    ("SELECT -170141183460469231731687303715884105727::HUGEINT - 1 AS x", "-170141183460469231731687303715884105728"),
+    ("SELECT '24:00:00'::TIME AS x", "24:00:00"),  # polars took it as null
 ])
 def test_types_polars_cannot_take_are_shown_as_duckdb_text_in_every_format(events_store, tmp_path, sql, text):
     got = _all_formats(events_store, tmp_path, sql)
@@ -131,6 +137,8 @@ def test_nested_values_keep_their_shape_with_such_types_as_text(events_store, tm
     ("SELECT '0001-01-01 (BC)'::TIMESTAMP_MS AS x", "0001-01-01 (BC) 00:00:00"),
     ("SELECT 'infinity'::TIMESTAMP_S AS x", "infinity"),  # it printed 1969-12-31 23:59:59
     ("SELECT '-infinity'::TIMESTAMP_MS AS x", "-infinity"),
+    ("SELECT 'infinity'::TIMESTAMP_NS AS x", "infinity"),  # it printed 2262-04-11 23:47:16.854775807
+    ("SELECT '-infinity'::TIMESTAMP_NS AS x", "-infinity"),  # and 1677-09-21 00:12:43.145224193
 ])
 def test_dates_python_cannot_hold_are_shown_as_duckdb_text_in_every_format(events_store, tmp_path, sql, text):
     got = _all_formats(events_store, tmp_path, sql)
@@ -153,3 +161,92 @@ def test_an_explicit_format_writes_any_file_name(events_store, tmp_path, name):
     """`--format csv -o out.txt` (or -o /dev/stdout): the format is said, the name is the user's."""
     run_cli("query", events_store, "SELECT 1 AS x", "--format", "csv", "-o", tmp_path / name)
     assert (tmp_path / name).read_text() == "x\n1\n"
+
+
+@pytest.mark.parametrize("sql, value, shown", [
+    ("SELECT ['infinity'::DATE, DATE '2020-01-02'] AS x", ["infinity", "2020-01-02"], '["infinity", "2020-01-02"]'),
+    ("SELECT {'a': 'infinity'::TIMESTAMP, 'n': 2} AS x", {"a": "infinity", "n": 2}, '{"infinity",2}'),  # n: a number
+    ("SELECT [['-infinity'::TIMESTAMP_S]] AS x", [["-infinity"]], '[["-infinity"]]'),
+    ("SELECT ['infinity'::TIMESTAMP_NS] AS x", ["infinity"], '["infinity"]'),
+    ("SELECT ['infinity'::DATE]::DATE[1] AS x", ["infinity"], '["infinity"]'),
+    ("SELECT map(['k'], ['-infinity'::DATE]) AS x", {"k": "-infinity"}, '{"k": "-infinity"}'),
+    ("SELECT [-170141183460469231731687303715884105727::HUGEINT] AS x", ["-170141183460469231731687303715884105727"],
+     '["-1701411834604692317316873037158841057'),  # the table cuts a cell at 40 characters
+    ("SELECT {'t': '24:00:00'::TIME} AS x", {"t": "24:00:00"}, '{"24:00:00"}'),
+])
+def test_nested_values_beyond_polars_are_shown_as_text_in_every_format(events_store, tmp_path, sql, value, shown):
+    """An infinite date inside a list, struct or map was a polars panic in every format."""
+    got = _all_formats(events_store, tmp_path, sql)
+    assert json.loads(got["csv"]) == value and got["json"] == value
+    assert got["parquet"] == value
+    assert f"│ {shown}" in got["table"]
+
+
+def test_nanoseconds_are_kept_in_every_format(events_store, tmp_path):
+    """TIMESTAMP_NS and TIME_NS keep their nanoseconds (json cut them to microseconds), in a column of
+    timestamps as in one that is text because it holds infinity."""
+    stamp = "2020-01-01 00:00:00.123456789"
+    sql = f"SELECT '{stamp}'::TIMESTAMP_NS AS x, '12:00:00.123456789'::TIME_NS AS t"
+    rows = json.loads(run_cli("query", events_store, sql, "--format", "json").output)
+    assert rows == [{"x": stamp, "t": "12:00:00.123456789"}]
+    assert run_cli("query", events_store, sql, "--format", "csv").output.splitlines()[1] == (
+        f"{stamp.replace(' ', 'T')},12:00:00.123456789")
+    assert f"│ {stamp} ┆ 12:00:00.123456789 │" in run_cli("query", events_store, sql).output
+    run_cli("query", events_store, sql, "-o", tmp_path / "x.parquet")
+    frame = pl.read_parquet(tmp_path / "x.parquet")
+    assert frame.schema == {"x": pl.Datetime("ns"), "t": pl.Time}
+    assert frame.select(pl.col("x").dt.nanosecond(), pl.col("t").dt.nanosecond()).row(0) == (123456789, 123456789)
+
+    both = f"SELECT x FROM (VALUES ('{stamp}'::TIMESTAMP_NS, 1), ('infinity', 2)) AS t(x, i) ORDER BY i"
+    assert [r["x"] for r in json.loads(run_cli("query", events_store, both, "--format", "json").output)] == [
+        stamp, "infinity"]
+
+
+def test_decimals_are_exact_numbers_in_json(events_store, tmp_path):
+    """DECIMAL values are written as their digits, a JSON number (json printed 1.2345678901234567e+19): a
+    reader that keeps them exact (Python's json with parse_float=Decimal, jq) gets DuckDB's value."""
+    sql = ("SELECT 12345678901234567890.12345678::DECIMAL(38,8) AS x, [1.50::DECIMAL(10,2)] AS l, "
+           "{'d': -0.1::DECIMAL(2,1)} AS s, 99999999999999999999999999999999999999::HUGEINT AS h")
+    text = run_cli("query", events_store, sql, "--format", "json").output
+    assert text.splitlines()[1] == ('{"x": 12345678901234567890.12345678, "l": [1.50], "s": {"d": -0.1}, '
+                                    '"h": 99999999999999999999999999999999999999}')
+    assert json.loads(text, parse_float=Decimal) == [{
+        "x": Decimal("12345678901234567890.12345678"), "l": [Decimal("1.50")], "s": {"d": Decimal("-0.1")},
+        "h": 10**38 - 1}]
+    run_cli("query", events_store, sql, "-o", tmp_path / "x.parquet")  # HUGEINTs of 38 digits stay numbers
+    assert pl.read_parquet(tmp_path / "x.parquet").row(0) == (
+        Decimal("12345678901234567890.12345678"), [Decimal("1.50")], {"d": Decimal("-0.1")}, 10**38 - 1)
+
+
+@pytest.mark.parametrize("sql, value", [
+    ("SELECT 0.1::FLOAT AS x", 0.1),  # it printed 0.10000000149011612, csv and the table 0.1
+    ("SELECT 'nan'::DOUBLE AS x", None),  # JSON has no NaN or infinity
+    ("SELECT ['nan'::DOUBLE, '-inf'::DOUBLE, 1.5] AS x", [None, None, 1.5]),
+    ("SELECT {'n': 'inf'::FLOAT} AS x", {"n": None}),
+    ("SELECT 'é\"' AS x", 'é\"'),
+    ("SELECT map([2], [[DATE '2020-01-02']]) AS x", {"2": ["2020-01-02"]}),
+])
+def test_json_values(events_store, sql, value):
+    assert json.loads(run_cli("query", events_store, sql, "--format", "json").output) == [{"x": value}]
+
+
+def test_times_that_are_null_stay_times(events_store, tmp_path):
+    """A null time is looked up in DuckDB (polars takes 24:00:00 as null): a real null keeps the column's type."""
+    sql = "SELECT [NULL, '12:00:00'::TIME] AS x, NULL::TIME AS y"
+    run_cli("query", events_store, sql, "-o", tmp_path / "x.parquet")
+    frame = pl.read_parquet(tmp_path / "x.parquet")
+    assert frame.schema == {"x": pl.List(pl.Time), "y": pl.Time}
+
+
+def test_a_result_parquet_cannot_hold_is_refused(events_store, tmp_path):
+    line = _refused(run_cli("query", events_store, "SELECT {} AS x", "-o", tmp_path / "x.parquet", ok=False))
+    assert f"-o {tmp_path / 'x.parquet'}: parquet cannot hold this result" in line and "csv or json" in line
+
+
+def test_the_output_path_is_checked_once(events_store, tmp_path, monkeypatch):
+    """`file_format` checks -o before the query runs; writing does not check it again."""
+    checked = []
+    check = mval.output.check_output_path
+    monkeypatch.setattr(mval.output, "check_output_path", lambda path, *a, **k: checked.append(path) or check(path))
+    run_cli("query", events_store, "SELECT 1 AS x", "-o", tmp_path / "x.csv")
+    assert checked == [str(tmp_path / "x.csv")]
