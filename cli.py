@@ -168,7 +168,7 @@ def query(store: str, sql: str, fmt: str | None, out: str | None) -> None:
       mval query logs.duckdb "SELECT * FROM events" -o events.parquet
     """
     fmt = file_format(fmt, out)  # before the query runs: a wrong -o is refused at once
-    emit(run_query(store, sql), fmt, out)
+    emit(run_query(store, sql, fmt), fmt, out)
 
 
 @main.group()

@@ -53,9 +53,12 @@ def json_text(value: pl.Expr, dtype: pl.DataType) -> pl.Expr:
             + json_text(pl.element().struct.field("value"), dtype.value))
         text = "{" + entries.list.join(", ") + "}"
     elif isinstance(dtype, pl.Struct):
-        fields = [pl.lit(json.dumps(f.name, ensure_ascii=False) + ": ") + json_text(value.struct.field(f.name), f.dtype)
-                  for f in dtype.fields]
+        by_place = value.struct.rename_fields([str(i) for i in range(len(dtype.fields))])  # "^a$", "*": not patterns
+        fields = [pl.lit(json.dumps(f.name, ensure_ascii=False) + ": ") + json_text(by_place.struct.field(str(i)), f.dtype)
+                  for i, f in enumerate(dtype.fields)]
         text = "{" + pl.concat_str(fields, separator=", ") + "}" if fields else pl.lit("{}")
+    elif isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:  # spaced as naive ones are, not with T
+        text = '"' + value.dt.to_string("%Y-%m-%d %H:%M:%S%.f%:z") + '"'
     else:  # one value as polars' JSON writer writes it: {"v":...} without its key
         text = pl.struct(value.alias("v")).struct.json_encode().str.slice(5).str.strip_suffix("}")
     return pl.when(value.is_null()).then(pl.lit("null")).otherwise(text)
@@ -70,15 +73,15 @@ def render(data: pl.DataFrame | Sequence[dict], fmt: str) -> str:
     """The text a command prints for `data` in format `fmt` (table, json, csv)."""
     if fmt == "json":  # a JSON list, one object per line
         if isinstance(data, pl.DataFrame):
-            rows = json_rows(data).str.join(",\n").item() if data.height else ""
+            rows = ",\n".join(json_rows(data))  # in Python: one polars string holds at most 4 GiB
         else:
             rows = ",\n".join(json.dumps(_clean(r), default=str) for r in data)
         return "[\n" + rows + "\n]" if rows else "[]"
     frame = to_frame(data)
     if fmt == "csv":  # nested values (lists, structs) as JSON text in their cell
-        nested = [c for c, t in frame.schema.items() if t.is_nested()]
         frame = frame.with_columns(
-            pl.when(pl.col(c).is_not_null()).then(json_text(pl.col(c), frame.schema[c])).alias(c) for c in nested)
+            pl.when(pl.nth(i).is_not_null()).then(json_text(pl.nth(i), t)).alias(c)
+            for i, (c, t) in enumerate(frame.schema.items()) if t.is_nested())
         return frame.write_csv().rstrip("\n")
     if fmt == "table":
         with pl.Config(

@@ -66,7 +66,7 @@ def shown_type(dtype: duckdb.DuckDBPyType, as_text: frozenset[str] = frozenset()
 def leaves(column: pl.Series) -> Iterator[pl.Series]:
     """The values of `column` that are not lists, structs or maps: one series per place in its nesting (a
     list's elements, each field of a struct, a map's keys and its values), made without Python objects."""
-    dtype = column.dtype
+    column, dtype = column.rename("leaf"), column.dtype  # polars reads a name like "^a$" as a pattern
     if isinstance(dtype, pl.List):
         yield from leaves(column.list.explode(empty_as_null=False, keep_nulls=False))
     elif isinstance(dtype, pl.Array):
@@ -121,10 +121,12 @@ def as_shown(rel: duckdb.DuckDBPyRelation, as_text: dict[int, frozenset[str]] | 
         for i, (name, cast) in enumerate(zip(rel.columns, casts, strict=True), 1)))
 
 
-def text_columns(rel: duckdb.DuckDBPyRelation, frame: pl.DataFrame) -> dict[int, frozenset[str]]:
-    """For each column of `frame` (`rel` as fetched) that holds values polars or an output format cannot
-    take as they are, the types in it to show as text (see `beyond`). A null time is looked up in DuckDB."""
-    as_text = {i: kinds for i, column in enumerate(frame.iter_columns()) if (kinds := beyond(column))}
+def text_columns(rel: duckdb.DuckDBPyRelation, frame: pl.DataFrame, fmt: str) -> dict[int, frozenset[str]]:
+    """For each column of `frame` (`rel` as fetched) that holds values polars or format `fmt` cannot take as
+    they are, the types in it to show as text (see `beyond`; 39-digit HUGEINTs only for parquet, whose
+    decimals hold 38: the other formats print their digits). A null time is looked up in DuckDB."""
+    keep = frozenset() if fmt == "parquet" else HUGEINTS
+    as_text = {i: kinds - keep for i, column in enumerate(frame.iter_columns()) if (kinds := beyond(column)) - keep}
     times = [i for i, column in enumerate(frame.iter_columns()) if null_times(column)]
     if times:  # rare: the query runs again; a time's text is 24:00:00 wherever it is nested
         found = rel.aggregate(", ".join(f"bool_or(contains(CAST(#{i + 1} AS VARCHAR), '24:00:00'))" for i in times))
@@ -134,15 +136,16 @@ def text_columns(rel: duckdb.DuckDBPyRelation, frame: pl.DataFrame) -> dict[int,
     return as_text
 
 
-def run_query(store: str | Path, sql: str) -> pl.DataFrame:
-    """Run `sql` on a read-only connection to `store` and return the result as a polars frame."""
+def run_query(store: str | Path, sql: str, fmt: str = "table") -> pl.DataFrame:
+    """Run `sql` on a read-only connection to `store` and return the result as a polars frame for output
+    format `fmt`."""
     with open_store(store, read_only=True) as con:
         try:
             rel = con.sql(sql)
             if rel is None:
                 raise MvalError("the statement returned no rows to show; mval query runs SELECT-like statements")
             frame = as_shown(rel).pl()
-            as_text = text_columns(rel, frame)
+            as_text = text_columns(rel, frame, fmt)
             return as_shown(rel, as_text).pl() if as_text else frame  # rare: the query runs again
         except duckdb.Error as e:
             first = str(e).splitlines()[0]

@@ -79,20 +79,15 @@ def cross_fit_means(
 
 
 def design_matrix(x: np.ndarray, action: np.ndarray, n_actions: int, sparse: bool = False) -> np.ndarray | csr_matrix:
-    """[x, one-hot(a), x * one-hot(a)]: a linear model with a separate slope per action.
-
-    Dense, or with `sparse` a CSR matrix holding only the 2d + 1 entries a row can have (d features): the
-    same columns, without the (K - 1) d zeros of the other actions' slopes."""
+    """[x, one-hot(a), x * one-hot(a)]: a linear model with a separate slope per action; column d + K + i K + a
+    holds x_i [a]. Dense, or with `sparse` a CSR matrix of the 2d + 1 entries a row can have (d features)."""
     n, d = x.shape
-    if sparse:
-        slopes = d + n_actions + np.arange(d)[None, :] * n_actions + action[:, None]  # column of x_i * [a]
-        columns = np.hstack([np.broadcast_to(np.arange(d), (n, d)), d + action[:, None], slopes])
-        values = np.hstack([x, np.ones((n, 1)), x])
-        return csr_matrix((values.ravel(), columns.ravel(), np.arange(n + 1) * (2 * d + 1)),
-                          shape=(n, d + n_actions + d * n_actions))
-    onehot = np.zeros((n, n_actions))
-    onehot[np.arange(n), action] = 1.0
-    return np.hstack([x, onehot, (x[:, :, None] * onehot[:, None, :]).reshape(n, -1)])
+    slopes = d + n_actions + np.arange(d)[None, :] * n_actions + action[:, None]
+    columns = np.hstack([np.broadcast_to(np.arange(d), (n, d)), d + action[:, None], slopes])
+    values = np.hstack([x, np.ones((n, 1)), x])
+    matrix = csr_matrix((values.ravel(), columns.ravel(), np.arange(n + 1) * (2 * d + 1)),
+                        shape=(n, d + n_actions + d * n_actions))
+    return matrix if sparse else matrix.toarray()
 
 
 def default_factory(binary: bool) -> Callable[[], object]:
