@@ -159,7 +159,7 @@ def query(store: str, sql: str, fmt: str | None, out: str | None) -> None:
 
     Views for everyday questions: logger_summary, action_summary, policy_summary, ingest_log.
     Values polars or a format cannot hold (intervals, blobs, bit strings, unions, times with time zone,
-    infinite or far dates, 24:00:00, 39-digit HUGEINTs) come out as DuckDB's text (1 day 02:00:00).
+    infinite or far dates, 24:00:00; 39-digit HUGEINTs in parquet) come out as DuckDB's text (1 day 02:00:00).
 
     \b
     Examples:
