@@ -11,9 +11,9 @@ from attribution.examples import add_examples, read_jsonl
 from attribution.models import load_hf_model, load_model
 from attribution.probes import direction_from_file, load_probe, train_probe
 from attribution.scorers import ScoreRequest, make_scorer
-from attribution.scoring import score_dataset, top_scores
+from attribution.scoring import INFLUENCE_METHODS, score_dataset, top_scores
 from mval.errors import MvalError
-from mval.files import output_file_option
+from mval.files import check_output_path, output_file_option
 from mval.output import emit, format_option, stderr
 from mval.store import open_store
 
@@ -51,6 +51,24 @@ def examples_add(store: str, name: str, file: str, replace: bool, fmt: str) -> N
                    f"{result.total} in all")
 
 
+def probe_output_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A click callback: the probe's -o is a .safetensors file in a folder that exists (checked before any work)."""
+    check_output_path(value, (".safetensors",), flag="--output")
+    return value
+
+
+def check_not_an_input(out: str, flag: str, source: str, model_dir: str) -> None:
+    """Refuse a probe output that would overwrite the file it is made from, or that the --model folder would
+    read as a weights shard (it reads every model*.safetensors in it)."""
+    target = Path(out).resolve()
+    if target == Path(source).resolve():
+        raise MvalError(f"--output {out}: is the {flag} file itself, which the probe would overwrite; "
+                        "give another path")
+    if target.parent == Path(model_dir).resolve() and target.match("model*.safetensors"):
+        raise MvalError(f"--output {out}: the --model folder reads every model*.safetensors in it as its weights; "
+                        "give the probe another name or folder")
+
+
 @click.group("probe")
 def probe() -> None:
     """Concept directions: linear probes on a model's activations, or vectors brought from a file."""
@@ -71,7 +89,7 @@ def probe() -> None:
 @click.option("--held-out", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True,
               help="Share of each label's distinct texts held out (with all their copies) to measure accuracy.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), callback=output_file_option,
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), callback=probe_output_option,
               help="Where to write the probe (.safetensors).")
 @format_option("table", "json")
 def probe_train(model_dir: str, layer: int, data: str | None, direction: str | None, key: str | None,
@@ -85,6 +103,11 @@ def probe_train(model_dir: str, layer: int, data: str | None, direction: str | N
     """
     if (data is None) == (direction is None):
         raise MvalError("give exactly one of --data LABELLED.jsonl (train a probe) or --direction FILE (bring a vector)")
+    if data is not None and (key is not None or feature is not None):
+        flag, value = ("--key", key) if key is not None else ("--feature", feature)
+        raise MvalError(f"{flag} {value}: picks a tensor or row of a --direction file, but --data trains a probe on "
+                        f"labelled text; leave {flag} out (or bring the vector with --direction FILE {flag} {value})")
+    check_not_an_input(out, "--data" if data is not None else "--direction", data or direction, model_dir)
     model = load_hf_model(model_dir)
     if direction is not None:
         concept = direction_from_file(direction, model, layer, position, key, feature)
@@ -96,6 +119,16 @@ def probe_train(model_dir: str, layer: int, data: str | None, direction: str | N
     concept.save(out)
     record["path"] = out
     emit([record], fmt)
+
+
+def check_cache_dir(path: Path) -> Path:
+    """Refuse, before any work, a cache folder that cannot be made: it, or a folder above it, is a file."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise MvalError(f"--cache-dir {path}: {folder} is a file, not a folder; give another --cache-dir")
+            break
+    return path
 
 
 @click.command("score")
@@ -135,10 +168,13 @@ def score(store: str, model_dir: str, dataset: str, concept_file: str, method: s
       mval score runs.duckdb --model ./sft-model --dataset sft --concept hostile.safetensors \\
           --method influence --queries prompts.jsonl
     """
+    if damping is not None and method not in INFLUENCE_METHODS:
+        raise MvalError(f"--damping {damping}: only --method {' and '.join(INFLUENCE_METHODS)} use it; "
+                        f"leave it out for --method {method}")
+    cache = check_cache_dir(Path(cache_dir) if cache_dir else Path(f"{store}.cache"))
     concept = load_probe(concept_file)
     query_set = tuple(read_jsonl(queries, with_id=False)[0]) if queries else ()
-    request = ScoreRequest(concept, query_set, seed, batch_size, proj_dim,
-                           Path(cache_dir) if cache_dir else Path(f"{store}.cache"), damping)
+    request = ScoreRequest(concept, query_set, seed, batch_size, proj_dim, cache, damping)
     scorer = make_scorer(method, request)
     model = load_model(model_dir)
     name = concept_name or Path(concept_file).stem
@@ -168,6 +204,8 @@ def curate(store: str, dataset: str, method: str, concept: str | None, drop_top:
     Example:
       mval curate runs.duckdb --dataset sft --method gradient --drop-top 50 -o clean.jsonl
     """
+    if Path(out).resolve() == Path(store).resolve():
+        raise MvalError(f"--output {out}: is the store itself, which curate would overwrite; give another path")
     with open_store(store, read_only=True) as con:
         result = curate_dataset(con, dataset, method, out, concept, drop_top, drop_above)
     if fmt == "json":

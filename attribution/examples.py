@@ -73,19 +73,30 @@ def _field(record: dict, key: str, where: str) -> str | None:
     return value
 
 
+def _names(record: dict, shown: int = 6) -> str:
+    """The record's field names for a message: `'id', 'input', 'output'` (the first `shown`), or `none`."""
+    names = ", ".join(map(repr, list(record)[:shown])) + (", ..." if len(record) > shown else "")
+    return names or "none"
+
+
 def _parse(record: object, where: str, with_id: bool) -> Example:
     if not isinstance(record, dict):
         raise MvalError(f"{where}: expected a JSON object, found {type(record).__name__}")
     example_id = record.get("id")
+    if with_id and "id" not in record:
+        raise MvalError(f"{where}: no field 'id' (fields: {_names(record)}); give every line a unique id")
     if with_id and (example_id is None or isinstance(example_id, bool) or not isinstance(example_id, str | int)):
         raise MvalError(f"{where}: field 'id' must be a string or an integer, found {example_id!r}; give every line "
                         "a unique id")
+    if with_id and not str(example_id).strip():
+        raise MvalError(f"{where}: field 'id' is {example_id!r}, an empty name; give every line a unique id")
     prompt, response, text = (_field(record, k, where) for k in ("prompt", "response", "text"))
     if text is not None and (prompt is not None or response is not None):
         raise MvalError(f"{where}: both 'text' and 'prompt'/'response'; give either text or prompt and response")
     if text is None and (prompt is None or response is None):
         missing = [k for k, v in (("prompt", prompt), ("response", response)) if v is None]
-        raise MvalError(f"{where}: missing field {' and '.join(map(repr, missing))}; give 'text' or 'prompt' and 'response'")
+        raise MvalError(f"{where}: missing field {' and '.join(map(repr, missing))} (fields: {_names(record)}); "
+                        "give 'text' or 'prompt' and 'response'")
     if not (text or "").strip() and not (response or "").strip():
         raise MvalError(f"{where}: field {'text' if text is not None else 'response'!r} is empty; the training "
                         "loss needs some text (drop the record or fill it)")
@@ -204,6 +215,8 @@ def _check_clashes(con: duckdb.DuckDBPyConnection, dataset: str, path: str | Pat
 
 def add_examples(con: duckdb.DuckDBPyConnection, dataset: str, path: str | Path, replace: bool = False) -> AddResult:
     """Add the examples of `path` to `dataset` in one transaction (see the module docstring)."""
+    if not dataset.strip():
+        raise MvalError(f"dataset name {dataset!r} is empty; name the dataset (`mval examples add STORE sft FILE`)")
     examples, _ = read_jsonl(path)
     staged = _frame(examples).with_row_index("offset")
     con.register("staged_examples", staged)

@@ -6,9 +6,10 @@ Any torch module works if it is wrapped in an object with the `ConceptModel` met
 or a custom network plugs in the same way as a language model.
 
 Model files are read weights-only: `model.safetensors` (or its shards), or, in a folder without
-one, a `pytorch_model.bin` that `torch.load(..., weights_only=True)` accepts. Anything that would
-unpickle code is refused, and so are weights that do not fit the config (a missing, extra or
-mis-shaped tensor), which transformers would otherwise initialise at random and run.
+one, a `pytorch_model.bin` that `torch.load(..., weights_only=True)` accepts. A pickle that would run
+code is refused, and so is a file cut off or damaged (each with its own message), and weights that do not
+fit the config (a missing, extra or mis-shaped tensor), which transformers would otherwise initialise at
+random and run.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
+import re
+import warnings
+import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -224,17 +229,46 @@ class HFCausalLM:
         return (nll * w).sum(1) / w.sum(1).clamp(min=1.0)
 
 
+# torch's weights-only unpickler on a pickle that names code (a class or function it does not allow): the
+# pickle-safety refusals, as opposed to a file it cannot parse (cut off, damaged, not written by torch.save)
+_UNSAFE_PICKLE = re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose module)|allowlisted|"
+                            r"unrecognized function")
+
+
 def _weights_only_state(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a `pytorch_model.bin`, through torch.load(weights_only=True). Refused in one line
+    each: a pickle that names code (loading it would run that code), a file that cannot be read (cut off by an
+    interrupted download or copy, damaged, or no torch.save file), and anything but a dict of tensors."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... for unsafe or broken files
-        raise MvalError(
-            f"{path}: not a weights-only file ({type(e).__name__}); it may unpickle code, so it is refused; "
-            "save the model with save_pretrained(safe_serialization=True)"
-        ) from e
+        with warnings.catch_warnings():  # "Detected pickle protocol 4": two lines of noise before our one
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, OSError, EOFError, ... for these files
+        unsafe = _UNSAFE_PICKLE.search(str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        if unsafe is not None:
+            what = f"pickled code ({unsafe.group(1)})" if unsafe.group(1) else "pickled objects other than tensors"
+            raise MvalError(f"{path}: holds {what}, which loading would run, so it is refused; "
+                            "save the model with save_pretrained(safe_serialization=True)") from e
+        raise MvalError(f"{path}: cannot be read as PyTorch weights ({_unreadable(path, e)}); copy or download it "
+                        "again, or save the model with save_pretrained(safe_serialization=True)") from e
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise MvalError(f"{path}: expected a dict of tensors (a state dict); save the model with save_pretrained")
     return state
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why torch.load could not parse `path`, in a few words (torch's own are "Invalid argument", or a paragraph)."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
+        return "a zip archive cut off before its end: the file is incomplete"
+    if not head.startswith((b"PK", b"\x80")):  # torch.save writes a zip archive, or (before 1.6) a pickle
+        return f"not a file that torch.save writes: it starts with {head!r}"
+    if isinstance(error, pickle.UnpicklingError):  # torch's message is a paragraph; the unpickler's own is its cause
+        error = error.__context__ or error
+    return _first_line(error).split(". This is an internal")[0] or type(error).__name__
 
 
 def quiet_transformers() -> None:
@@ -375,8 +409,14 @@ def _check_fit(info: dict, where: str) -> None:
 def load_model(path: str | Path) -> ConceptModel:
     """The model behind `--model`: a Hugging Face folder, or a Sokoban agent's `.safetensors` file."""
     path = Path(path)
+    if path.is_file() and path.match("model*.safetensors") and (path.parent / "config.json").is_file():
+        raise MvalError(f"--model {path}: the weights of a Hugging Face model folder; give the folder itself "
+                        f"(--model {path.parent})")
     if path.is_file() and path.suffix == ".safetensors":
         from attribution.sokoban.concept_model import load_agent_model
 
         return load_agent_model(path)
+    if path.is_file():
+        raise MvalError(f"--model {path}: a file; give a Hugging Face model folder (config.json, tokenizer and "
+                        "weights, as save_pretrained writes them) or a Sokoban agent's .safetensors")
     return load_hf_model(path)

@@ -7,6 +7,7 @@ example is v . pool(h_layer(z)) + b (see `attribution.concept`).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,11 +50,11 @@ class ProbeDirection:
     def check_fits(self, model: ConceptModel) -> None:
         """Layer and width, and whatever else the model checks (`model.check_concept`, if it has one)."""
         if not 0 <= self.layer <= model.n_layers:
-            raise MvalError(f"the concept is read at layer {self.layer}, but the model has layers 0..{model.n_layers}; "
-                            "train or bring a concept for this model")
+            raise MvalError(f"--concept: the concept is read at layer {self.layer}, but the model has layers "
+                            f"0..{model.n_layers}; train or bring a concept for this model")
         if self.d_model != model.d_model:
-            raise MvalError(f"the concept's direction has {self.d_model} dims but the model's activations have "
-                            f"{model.d_model}; train or bring a concept for this model")
+            raise MvalError(f"--concept: the concept's direction has {self.d_model} dims but the model's activations "
+                            f"have {model.d_model}; train or bring a concept for this model")
         check_concept = getattr(model, "check_concept", None)
         if check_concept is not None:
             check_concept(self)
@@ -209,11 +210,24 @@ def direction_from_file(path: str | Path, model: ConceptModel, layer: int, posit
     array = np.squeeze(array)
     if array.ndim != 1:
         raise MvalError(f"--direction {path}: shape {array.shape}; give one vector, or --feature I for a row of a matrix")
+    if array.size != model.d_model:
+        raise MvalError(f"--direction {path}: a vector of {array.size} values, but the model's activations have "
+                        f"{model.d_model} dims; bring a vector of the model's width (its hidden_size)")
     if not np.isfinite(array).all():
         raise MvalError(f"--direction {path}: has NaN or infinite values")
+    if not array.any():
+        raise MvalError(f"--direction {path}: the vector is all zeros, so every example would score 0; "
+                        "bring a nonzero vector (a row of an SAE decoder, a probe's weights)")
     direction = ProbeDirection(array, layer, position, 0.0, f"file:{path.name}", None)
     direction.check_fits(model)
     return direction
+
+
+SHOWN = 6  # tensor names listed in a message (a model's weights file holds hundreds)
+
+
+def _some(names: list[str]) -> str:
+    return str(names) if len(names) <= SHOWN else f"{names[:SHOWN]} and {len(names) - SHOWN} more"
 
 
 def _read_direction_array(path: Path, key: str | None) -> np.ndarray:
@@ -231,8 +245,13 @@ def _read_direction_array(path: Path, key: str | None) -> np.ndarray:
                 names = list(f.keys())
                 name = key or ("direction" if "direction" in names else names[0] if len(names) == 1 else None)
                 if name not in names:
-                    raise MvalError(f"--key {key}: {path} holds tensors {names}; pick one of them" if key else
-                                    f"{where}: holds tensors {names}; pick one with --key NAME")
+                    if key is None:
+                        raise MvalError(f"{where}: holds tensors {_some(names)}; pick one with --key NAME")
+                    close = difflib.get_close_matches(key, names, n=3) if len(names) > SHOWN else []
+                    if close:
+                        raise MvalError(f"--key {key}: {path} has no such tensor; pick one of its {len(names)}, "
+                                        f"the closest being {', '.join(close)}")
+                    raise MvalError(f"--key {key}: {path} holds tensors {_some(names)}; pick one of them")
                 return _real_float32(f.get_tensor(name), where)
     except (ValueError, EOFError, OSError, SafetensorError) as e:
         if isinstance(e, MvalError):

@@ -8,15 +8,17 @@ Higher scores mean "drives the concept more". Methods:
 - `embedding`: cos(pool_mean(h_layer(z)), mean over queries of pool_mean(h_layer(q)))   (baseline)
 - `random`:    uniform in [0, 1) from a hash of (seed, example content)              (baseline)
 - `influence`, `test-influence`: Concept Influence with an EK-FAC Hessian, and the classic influence on
-               the queries' loss (`attribution.influence`, registered at the bottom of this file).
+               the queries' loss (`attribution.influence`, one of the `PLUGINS`).
 
 A new method registers a factory `ScoreRequest -> Scorer` with `@register("name")`; the CLI and
-the store glue only ever call `make_scorer(name, request).score(model, examples)`.
+the store glue only ever call `make_scorer(name, request).score(model, examples)`. Methods defined in
+another module register when it is imported: list it in `PLUGINS`, and the first lookup imports it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,26 +65,43 @@ class Scorer(Protocol):
     def score(self, model: ConceptModel, examples: Sequence[Example]) -> np.ndarray: ...
 
 
-SCORERS: dict[str, Callable[[ScoreRequest], Scorer]] = {}
-NEEDS_QUERIES: set[str] = set()
+Factory = Callable[[ScoreRequest], Scorer]
+_FACTORIES: dict[str, Factory] = {}
+_NEEDS_QUERIES: set[str] = set()
+# Modules that register more methods. They import this one (for `register`), so they are imported on the
+# first lookup (`registered`), not at the top of this file: that would be an import cycle.
+PLUGINS = ("attribution.influence",)
 
 
-def register(name: str, needs_queries: bool = False) -> Callable:
-    def add(factory: Callable[[ScoreRequest], Scorer]) -> Callable[[ScoreRequest], Scorer]:
-        SCORERS[name] = factory
+def register(name: str, needs_queries: bool = False) -> Callable[[Factory], Factory]:
+    def add(factory: Factory) -> Factory:
+        _FACTORIES[name] = factory
         if needs_queries:
-            NEEDS_QUERIES.add(name)
+            _NEEDS_QUERIES.add(name)
         return factory
 
     return add
 
 
+def registered() -> dict[str, Factory]:
+    """Every method's factory by name, the `PLUGINS`' included."""
+    for module in PLUGINS:
+        importlib.import_module(module)  # registers its methods the first time; later, a dict lookup
+    return _FACTORIES
+
+
+def needs_queries(method: str) -> bool:
+    registered()
+    return method in _NEEDS_QUERIES
+
+
 def make_scorer(method: str, request: ScoreRequest) -> Scorer:
-    if method not in SCORERS:
-        raise MvalError(f"--method {method}: unknown; use one of {', '.join(sorted(SCORERS))}")
-    if method in NEEDS_QUERIES and not request.queries:
+    factories = registered()
+    if method not in factories:
+        raise MvalError(f"--method {method}: unknown; use one of {', '.join(sorted(factories))}")
+    if needs_queries(method) and not request.queries:
         raise MvalError(f"--method {method} needs a query set: give --queries Q.jsonl (prompts showing the behaviour)")
-    return SCORERS[method](request)
+    return factories[method](request)
 
 
 @register("probe")
@@ -162,6 +181,3 @@ class GradientScorer:
         gf = self.concept_gradient(model)
         g = torch.as_tensor(self.projected_gradients(model, examples)).to(gf.dtype)
         return -(g @ gf).numpy()
-
-
-import attribution.influence  # noqa: E402,F401  (registers influence and test-influence)

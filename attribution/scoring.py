@@ -24,10 +24,13 @@ import polars as pl
 from attribution.concept import batches
 from attribution.examples import Example, examples_hash, load_examples
 from attribution.models import ConceptModel, fingerprint, pinned_fingerprints, weights_digest
-from attribution.scorers import NEEDS_QUERIES, ScoreRequest, Scorer
+from attribution.scorers import ScoreRequest, Scorer, needs_queries
 from mval.errors import MvalError
 from mval.progress import progress
 from mval.store import load_sql, transaction
+
+
+INFLUENCE_METHODS = ("influence", "test-influence")  # they read `request.damping`, and fit on the whole dataset
 
 
 @dataclass(frozen=True)
@@ -51,11 +54,11 @@ def run_settings(model: ConceptModel, method: str, request: ScoreRequest, exampl
     settings = {"method": method, "model": fingerprint(model), "weights": weights_digest(model.module),
                 "layer": c.layer, "position": c.position,
                 "direction": hashlib.sha256(c.vector.tobytes()).hexdigest(), "seed": request.seed}
-    if method in NEEDS_QUERIES:
+    if needs_queries(method):
         settings["queries"] = examples_hash(request.queries)
     if method == "gradient":
         settings["proj_dim"] = request.proj_dim
-    if method in ("influence", "test-influence"):
+    if method in INFLUENCE_METHODS:
         settings["damping"] = request.damping
         settings["training_set"] = examples_hash(examples)
     return settings

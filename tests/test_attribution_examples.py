@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import duckdb
@@ -57,8 +58,10 @@ def test_replace_swaps_the_dataset(store, tmp_path):
 @pytest.mark.parametrize(("lines", "match"), [
     ([GOOD[0], "{not json"], r"line 2: not valid JSON"),
     ([GOOD[0], "", "[1, 2]"], r"line 3: expected a JSON object"),
-    ([{"prompt": "p", "response": "r"}], r"line 1: field 'id' must be a string or an integer, found None"),
+    ([{"prompt": "p", "response": "r"}], r"line 1: no field 'id' \(fields: 'prompt', 'response'\); give every line"),
+    ([{"id": None, "text": "t"}], r"line 1: field 'id' must be a string or an integer, found None"),
     ([{"id": 1.5, "text": "t"}], r"line 1: field 'id' must be a string or an integer, found 1.5"),
+    ([{"id": " ", "text": "t"}], r"line 1: field 'id' is ' ', an empty name; give every line a unique id"),
     # written as raw text: json.dumps would not write these
     (['{"id": "x", "text": "a \\ud800 b"}'], r"line 1: holds \\ud800, half of a UTF-16 pair"),
     (['{"id": "x", "text": "t", "x": 1e400}'], r"line 1: number 1e400 is not finite"),
@@ -66,6 +69,9 @@ def test_replace_swaps_the_dataset(store, tmp_path):
     (['{"id": "x", "text": "t", "text": "u"}'], r"line 1: key 'text' appears twice in one object"),
     ([{"id": "x", "prompt": "p"}], r"line 1: missing field 'response'"),
     ([{"id": "x"}], r"line 1: missing field 'prompt' and 'response'"),
+    # a file of another schema: the message shows what the line has
+    ([{"id": "x", "input": "i", "output": "o"}], r"line 1: missing field 'prompt' and 'response' \(fields: 'id', "
+                                                 r"'input', 'output'\); give 'text' or 'prompt' and 'response'"),
     ([{"id": "x", "text": "t", "prompt": "p"}], r"line 1: both 'text' and 'prompt'"),
     ([{"id": "x", "text": 5}], r"line 1: field 'text' must be a string"),
     ([GOOD[0], GOOD[1], {"id": "a", "text": "again"}], r"line 3: id 'a' already used on line 1"),
@@ -187,3 +193,44 @@ def test_a_byte_order_mark_is_read_as_utf8(store, tmp_path):
     path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in GOOD).encode())
     with open_store(store) as con:
         assert add_examples(con, "bom", path).added == len(GOOD)
+
+
+@pytest.mark.parametrize("name", ["", "  "])
+def test_a_dataset_without_a_name_is_refused(store, tmp_path, name):
+    """It was added as dataset '' (listed as "have: , sft"), and named that way in every later command."""
+    with open_store(store) as con:
+        with pytest.raises(MvalError, match=rf"dataset name '{name}' is empty; name the dataset \(`mval examples add"):
+            add_examples(con, name, write_lines(tmp_path / "a.jsonl", GOOD))
+        assert con.execute("SELECT count(*) FROM examples").fetchall() == [(0,)]
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    # more than the dataset, or all of it: an empty training file was written ("wrote 0 examples")
+    (["--drop-top", 5], r"--drop-top 5: dataset 'sft' has only 4 examples; give at most 3, so that some are kept"),
+    (["--drop-top", 4], r"--drop-top 4: drops all 4 examples of dataset 'sft', leaving nothing to train on; give a "
+                        r"smaller --drop-top"),
+    (["--drop-above", "-inf"], r"--drop-above -inf: drops all 4 examples .*; give a higher --drop-above"),
+    # JSON lines were written into a .csv
+    (["--drop-top", 1, "-o", "{tmp}/kept.csv"], r"-o .*kept.csv: unknown file type .csv; curate writes JSON lines "
+                                                r"\(.jsonl\), or a Boxoban level file \(.txt\)"),
+    # the store was overwritten with JSON lines, and lost
+    (["--drop-top", 1, "-o", "{store}"], r"--output .*store.duckdb: is the store itself, which curate would "
+                                         r"overwrite; give another path"),
+    # a concept is named by the probe file's stem: the file name itself only listed the names
+    (["--drop-top", 1, "--concept", "{tmp}/h.safetensors"], r"--concept .*h.safetensors: dataset 'sft' has probe "
+                                                            r"scores for concepts h; .*its probe file's stem.*: h\)$"),
+], ids=["drop-top-above-size", "drop-top-all", "drop-above-all", "csv-output", "output-is-the-store",
+        "concept-file-name"])
+def test_curate_refuses_an_empty_result_another_format_and_the_store_as_output(store, tmp_path, args, match):
+    from conftest import run_cli
+
+    run_cli("examples", "add", store, "sft", write_lines(tmp_path / "train.jsonl", RICH))
+    add_scores(store)
+    args = [str(a).format(tmp=tmp_path, store=store) for a in args]
+    out = [] if "-o" in args else ["-o", tmp_path / "kept.jsonl"]
+    result = run_cli("curate", store, "--dataset", "sft", "--method", "probe", *args, *out, ok=False)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.count("\n") == 1 and re.search(match, result.output.strip()), result.output
+    assert not (tmp_path / "kept.jsonl").exists() and not (tmp_path / "kept.csv").exists()
+    with open_store(store, read_only=True) as con:  # the store is intact
+        assert con.execute("SELECT count(*) FROM scores").fetchall() == [(4,)]

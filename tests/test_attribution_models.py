@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import shutil
 
 import pytest
@@ -10,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from attribution.examples import Example
-from attribution.models import ConceptModel, fingerprint, load_hf_model
+from attribution.models import ConceptModel, fingerprint, load_hf_model, load_model
 from attribution.testbed import tiny_model
 from conftest import qa
 from mval.errors import MvalError
@@ -91,7 +93,9 @@ def truncate(path, keep):
 
 
 @pytest.mark.parametrize(("make", "match"), [
-    (lambda d: bin_only(d, {"w": Payload()}), r"pytorch_model.bin: not a weights-only file"),
+    (lambda d: bin_only(d, {"w": Payload()}),
+     r"pytorch_model.bin: holds pickled code \(test_attribution_models.Payload\), which loading would run, so it is "
+     r"refused; save the model with save_pretrained\(safe_serialization=True\)"),
     (lambda d: bin_only(d, [torch.zeros(2)]), r"expected a dict of tensors"),
     (lambda d: (d / "model.safetensors").unlink(), r"no weights"),
     (lambda d: (d / "config.json").unlink(), r"no config.json"),
@@ -125,6 +129,57 @@ def test_unsafe_incomplete_or_broken_folders_are_refused_in_one_line(model_dir, 
     with pytest.raises(MvalError, match=match) as refused:
         load_hf_model(folder)
     assert "\n" not in str(refused.value)
+
+
+def legacy_bin(folder, keep):
+    """The folder's pytorch_model.bin again in torch's format from before 1.6 (a plain pickle), cut to keep(size)."""
+    path = folder / "pytorch_model.bin"
+    torch.save(torch.load(path, weights_only=True), path, _use_new_zipfile_serialization=False)
+    truncate(path, keep)
+
+
+CUT_OFF = "cannot be read as PyTorch weights"
+AGAIN = r"; copy or download it again, or save the model with save_pretrained\(safe_serialization=True\)$"
+
+
+@pytest.mark.parametrize(("make", "match"), [
+    # a download or copy that stopped half-way: it was "not a weights-only file ...; it may unpickle code"
+    (lambda d: truncate(d / "pytorch_model.bin", lambda n: n // 2),
+     rf"pytorch_model.bin: {CUT_OFF} \(a zip archive cut off before its end: the file is incomplete\){AGAIN}"),
+    (lambda d: truncate(d / "pytorch_model.bin", lambda n: n - 10), r"a zip archive cut off before its end"),
+    (lambda d: truncate(d / "pytorch_model.bin", lambda n: 0), rf"{CUT_OFF} \(the file is empty\){AGAIN}"),
+    (lambda d: (d / "pytorch_model.bin").write_bytes(b"<html>not found</html>"),
+     rf"{CUT_OFF} \(not a file that torch.save writes: it starts with b'<htm'\){AGAIN}"),
+    (lambda d: legacy_bin(d, lambda n: n // 2), rf"{CUT_OFF} \(unexpected EOF, expected \d+ more bytes"),
+    # a pickle that names code is the one refused for safety, in either of torch's formats
+    (lambda d: torch.save({"w": Payload()}, d / "pytorch_model.bin", _use_new_zipfile_serialization=False),
+     r"pytorch_model.bin: holds pickled code \(test_attribution_models.Payload\), which loading would run"),
+    (lambda d: (d / "pytorch_model.bin").write_bytes(pickle.dumps(os.system, protocol=2)),
+     r"pytorch_model.bin: holds pickled code \((posix|nt).system\), which loading would run"),
+], ids=["half", "all-but-10-bytes", "empty", "html-page", "legacy-half", "legacy-pickled-class", "pickled-function"])
+def test_a_cut_off_bin_is_told_apart_from_an_unsafe_one(model_dir, tmp_path, make, match):
+    """Both are refused in one line; only a pickle that names code is called unsafe."""
+    folder = tmp_path / "bin"
+    shutil.copytree(model_dir, folder)
+    bin_only(folder, load_file(folder / "model.safetensors"))
+    assert fingerprint(load_hf_model(folder)) == fingerprint(load_hf_model(model_dir))  # whole, it loads
+    make(folder)
+    with pytest.raises(MvalError, match=match) as refused:
+        load_hf_model(folder)
+    assert "\n" not in str(refused.value)
+    if "holds pickled code" not in match:
+        assert "pickle" not in str(refused.value) and "code" not in str(refused.value)
+
+
+@pytest.mark.parametrize(("path", "match"), [
+    ("{model}/model.safetensors", r"--model .*model.safetensors: the weights of a Hugging Face model folder; give the "
+                                  r"folder itself \(--model .*tiny\)"),
+    ("{model}/config.json", r"--model .*config.json: a file; give a Hugging Face model folder"),
+], ids=["weights-file", "config-file"])
+def test_a_file_of_a_model_folder_as_model_names_the_folder(model_dir, path, match):
+    """It said "not an mval agent file" (a Sokoban agent's) and "no config.json there"."""
+    with pytest.raises(MvalError, match=match):
+        load_model(path.format(model=model_dir))
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])

@@ -120,7 +120,8 @@ def test_a_bfloat16_decoder_is_read_as_float32(model, tmp_path):
 
 
 def bad_direction(tmp_path, kind):
-    path = tmp_path / {"pickle": "o.npy", "txt": "v.txt", "multi": "m.safetensors", "empty": "e.npy"}.get(kind, "v.npy")
+    path = tmp_path / {"pickle": "o.npy", "txt": "v.txt", "multi": "m.safetensors", "empty": "e.npy",
+                       "many": "sae.safetensors"}.get(kind, "v.npy")
     if kind == "pickle":
         np.save(path, np.array([{"code": 1}], dtype=object), allow_pickle=True)
     elif kind == "vector":
@@ -141,13 +142,22 @@ def bad_direction(tmp_path, kind):
         path.write_text("1 2 3")
     elif kind == "multi":
         save_file({"a": np.ones(16, np.float32), "b": np.ones(16, np.float32)}, str(path))
+    elif kind == "many":  # as a model's or an SAE's file: too many names to list in one line
+        save_file({f"blocks.{i}.decoder": np.ones((2, 16), np.float32) for i in range(20)}, str(path))
+    elif kind == "short-rows":
+        np.save(path, np.ones((3, 15), np.float32))
+    elif kind == "zeros":
+        np.save(path, np.zeros(16, np.float32))
     return path
 
 
 @pytest.mark.parametrize(("kind", "options", "match"), [
     ("pickle", {}, r"cannot read a plain array"),
     ("empty", {}, r"e.npy: cannot read a plain array"),
-    ("short", {}, r"the concept's direction has 15 dims but the model's activations have 16"),
+    ("short", {}, r"--direction .*v.npy: a vector of 15 values, but the model's activations have 16 dims; bring a "
+                  r"vector of the model's width"),
+    ("short-rows", {"feature": 1}, r"--direction .*v.npy: a vector of 15 values, but the model's activations"),
+    ("zeros", {}, r"--direction .*v.npy: the vector is all zeros, so every example would score 0; bring a nonzero"),
     ("matrix", {}, r"shape \(3, 16\); give one vector, or --feature"),
     ("matrix", {"feature": 7}, r"--feature 7: .* has 3 rows"),
     ("vector", {"feature": 3}, r"--feature 3: .*v.npy holds shape \[16\], not a matrix .*; leave --feature out"),
@@ -158,9 +168,15 @@ def bad_direction(tmp_path, kind):
     ("txt", {}, r"unknown file type .txt"),
     ("multi", {}, r"holds tensors \['a', 'b'\]; pick one with --key"),
     ("multi", {"key": "foo"}, r"--key foo: .*m.safetensors holds tensors \['a', 'b'\]; pick one of them"),
+    ("many", {}, r"sae.safetensors: holds tensors \['blocks.0.decoder', .*, 'blocks.13.decoder'\] and 14 more; "
+                 r"pick one with --key NAME$"),
+    ("many", {"key": "block.3.decoder"}, r"--key block.3.decoder: .*sae.safetensors has no such tensor; pick one of "
+                                         r"its 20, the closest being blocks.3.decoder"),
+    ("many", {"key": "zzz"}, r"--key zzz: .*sae.safetensors holds tensors \[.*\] and 14 more; pick one of them$"),
     ("short", {"layer": 3}, r"--layer 3: the model has 2 layers; use 0..2"),
-], ids=["pickle", "empty", "short", "matrix", "row-out-of-range", "feature-of-vector", "key-of-npy", "nan", "strings",
-        "complex", "txt", "several-tensors", "key-not-there", "layer-out-of-range"])
+], ids=["pickle", "empty", "short", "row-short", "zeros", "matrix", "row-out-of-range", "feature-of-vector",
+        "key-of-npy", "nan", "strings", "complex", "txt", "several-tensors", "key-not-there", "many-tensors",
+        "key-close-to-one", "key-of-many", "layer-out-of-range"])
 def test_bad_directions_are_refused(model, tmp_path, kind, options, match):
     with pytest.raises(MvalError, match=match):
         direction_from_file(bad_direction(tmp_path, kind), model, **{"layer": 1} | options)
@@ -219,5 +235,5 @@ def test_other_refusals(model, tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 20)
     with pytest.raises(MvalError, match=r"not a safetensors probe file"):
         load_probe(tmp_path / "junk.safetensors")
-    with pytest.raises(MvalError, match=r"direction has 4 dims"):
+    with pytest.raises(MvalError, match=r"--concept: the concept's direction has 4 dims"):
         probe_logits(model, ProbeDirection(np.ones(4, np.float32), 1, "mean"), examples)

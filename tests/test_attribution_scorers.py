@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -165,3 +169,25 @@ def test_embedding_and_random_baselines(model):
 def test_scorer_refusals(method, request_args, match):
     with pytest.raises(MvalError, match=match):
         make_scorer(method, ScoreRequest(concept(), **request_args))
+
+
+ALL_METHODS = "['embedding', 'gradient', 'influence', 'probe', 'random', 'test-influence']"
+
+
+@pytest.mark.parametrize(("first", "then"), [
+    # scorers alone: the plugins' methods are there from the first lookup on, not imported before it
+    ("import attribution.scorers as s; assert 'attribution.influence' not in sys.modules",
+     "print(sorted(s.registered()), s.needs_queries('test-influence'), s.needs_queries('random'))"),
+    # the plugin first (it imports scorers for `register`): no cycle, the same registry
+    ("import attribution.influence; import attribution.scorers as s", "print(sorted(s.registered()), "
+                                                                      "s.needs_queries('test-influence'), "
+                                                                      "s.needs_queries('random'))"),
+], ids=["scorers-first", "influence-first"])
+def test_methods_of_other_modules_register_on_the_first_lookup(first, then):
+    """scorers.py ended with `import attribution.influence` to register influence and test-influence; the
+    registry now imports its plugin modules when first asked, so the import order does not matter."""
+    code = f"import sys; {first}; {then}"
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{ALL_METHODS} True False\n"

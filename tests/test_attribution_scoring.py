@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from safetensors.numpy import save_file
 
 from attribution.commands import curate, examples, probe, score
 from attribution.curate import curate as curate_dataset
@@ -263,10 +265,56 @@ def test_every_command_has_help_with_an_example(command):
     assert isinstance(command, click.Command) and "Example" in command.help
 
 
-def test_a_concept_for_a_deeper_model_names_the_concept_not_a_flag(filled, model):
+def test_a_concept_for_a_deeper_model_names_the_concept_not_the_layer(filled, model):
     """`mval score` has no --layer: it said "--layer 3: the model has 2 layers"."""
     deeper = ProbeDirection(CONCEPT.vector, 3, "mean")
     request = ScoreRequest(deeper, batch_size=7)
-    with open_store(filled) as con, pytest.raises(MvalError, match=r"^the concept is read at layer 3, but the model "
-                                                                    r"has layers 0..2; train or bring a concept"):
+    with open_store(filled) as con, pytest.raises(MvalError, match=r"^--concept: the concept is read at layer 3, but "
+                                                                    r"the model has layers 0..2; train or bring a"):
         score_dataset(con, "sft", "probe", "deep", model, make_scorer("probe", request), request)
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    # options of --direction given with --data were dropped without a word
+    (["probe", "train", "--data", "{tmp}/labelled.jsonl", "--key", "w", "-o", "{tmp}/p.safetensors"],
+     r"--key w: picks a tensor or row of a --direction file, but --data trains a probe on labelled text; leave --key "
+     r"out \(or bring the vector with --direction FILE --key w\)"),
+    (["probe", "train", "--data", "{tmp}/labelled.jsonl", "--feature", 3, "-o", "{tmp}/p.safetensors"],
+     r"--feature 3: picks a tensor or row of a --direction file, .*; leave --feature out"),
+    # a safetensors file was written under the name given, .npy or none
+    (["probe", "train", "--data", "{tmp}/labelled.jsonl", "-o", "{tmp}/p.npy"],
+     r"--output .*p.npy: unknown file type .npy; use .safetensors"),
+    # the probe overwrote the vector it was made from, or landed where the model folder reads weights
+    (["probe", "train", "--direction", "{tmp}/v.safetensors", "-o", "{tmp}/./v.safetensors"],
+     r"--output .*v.safetensors: is the --direction file itself, which the probe would overwrite; give another path"),
+    (["probe", "train", "--data", "{tmp}/labelled.jsonl", "-o", "{model}/model-probe.safetensors"],
+     r"--output .*model-probe.safetensors: the --model folder reads every model\*.safetensors in it as its weights"),
+    # --damping was ignored by the methods that have no damping
+    (["score", "{store}", "--dataset", "sft", "--concept", "{tmp}/c.safetensors", "--method", "gradient",
+      "--queries", "{tmp}/labelled.jsonl", "--damping", 0.1],
+     r"--damping 0.1: only --method influence and test-influence use it; leave it out for --method gradient"),
+    # the cache under a file: "{tmp}/afile/cache/<key>: Not a directory", after the queries' forward passes
+    (["score", "{store}", "--dataset", "sft", "--concept", "{tmp}/c.safetensors", "--method", "gradient",
+      "--queries", "{tmp}/labelled.jsonl", "--cache-dir", "{tmp}/afile/cache"],
+     r"--cache-dir .*afile/cache: .*afile is a file, not a folder; give another --cache-dir"),
+    # a probe for a model of another width names the flag
+    (["score", "{store}", "--dataset", "sft", "--concept", "{tmp}/narrow.safetensors"],
+     r"--concept: the concept's direction has 8 dims but the model's activations have 16; train or bring a concept"),
+], ids=["key-with-data", "feature-with-data", "npy-output", "output-is-the-direction", "output-is-a-weights-shard",
+        "damping-without-influence", "cache-under-a-file", "concept-of-another-width"])
+def test_options_that_would_be_ignored_or_overwrite_an_input_are_refused(cli, filled, model_dir, tmp_path, args,
+                                                                         match):
+    write_jsonl(tmp_path / "labelled.jsonl", [{"text": f"you are {w} .", "label": int(w in HOSTILE)}
+                                              for w in FRIENDLY + HOSTILE])
+    save_file({"direction": np.ones(16, np.float32)}, str(tmp_path / "v.safetensors"))
+    CONCEPT.save(tmp_path / "c.safetensors")
+    ProbeDirection(np.ones(8, np.float32), 1, "mean").save(tmp_path / "narrow.safetensors")
+    (tmp_path / "afile").write_text("not a folder")
+    before = {p: p.read_bytes() for p in (*tmp_path.iterdir(), *model_dir.iterdir()) if p.is_file()}
+    args = [str(a).format(tmp=tmp_path, store=filled, model=model_dir) for a in args]
+    model = ["--layer", "1"] if args[0] == "probe" else []
+    result = cli(*args[:2], "--model", model_dir, *model, *args[2:])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and re.search(match, result.output), result.output
+    after = {p: p.read_bytes() for p in (*tmp_path.iterdir(), *model_dir.iterdir()) if p.is_file()}
+    assert after == before  # nothing written, nothing overwritten
