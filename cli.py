@@ -15,7 +15,7 @@ import click
 import duckdb
 
 from mval.errors import MvalError
-from mval.ingest import FORMATS, ingest_file
+from mval.ingest import FORMATS, ingest_file, parse_features
 from mval.output import emit, file_format, format_option
 from mval.policies import add_policy
 from mval.query import run_query
@@ -116,7 +116,8 @@ def _parse_map(pairs: tuple[str, ...]) -> dict[str, str]:
                    "column of the file unread (e.g. event_id=).")
 @click.option("--features", help="Gather these numeric columns into `features` (comma list, globs allowed: 'x_*'), "
                                  "in the order given, a glob's matches in natural order (x_2 before x_10), "
-                                 "each column once; the file's column order does not matter.")
+                                 "each column once; the file's column order does not matter. A column's exact "
+                                 "name names it even if it holds * ? [; quote one with a comma: '\"price, usd\",x_*'.")
 @click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="How to print the result.")
 def ingest(store: str, file: str, logger: str, fmt: str, mapping: tuple[str, ...], features: str | None,
@@ -125,7 +126,7 @@ def ingest(store: str, file: str, logger: str, fmt: str, mapping: tuple[str, ...
 
     The file is validated first (propensities in (0, 1], integer actions >= 0, finite rewards);
     a bad file is refused with its row and column and the store is left unchanged. The same
-    file content ingested twice adds nothing.
+    file content read the same way twice adds nothing; read another way it is refused.
 
     \b
     Examples:
@@ -133,7 +134,7 @@ def ingest(store: str, file: str, logger: str, fmt: str, mapping: tuple[str, ...
       mval ingest logs.duckdb obd/random/all/all.csv --logger random --format obd
       mval ingest logs.duckdb log.csv --logger prod --map reward=click --features 'x_*'
     """
-    feature_patterns = [f.strip() for f in features.split(",")] if features else None
+    feature_patterns = parse_features(features) if features else None
     with open_store(store) as con:
         result = ingest_file(con, file, logger, fmt, _parse_map(mapping), feature_patterns)
     if output == "json":

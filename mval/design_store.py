@@ -28,7 +28,7 @@ import polars as pl
 from mval.design import MvalProblem, balanced_variance, solve_exact
 from mval.design_cvxpy import solve_cvxpy
 from mval.errors import MvalError
-from mval.files import check_output_path, relation_for_file, write_output
+from mval.files import check_output_path, read_frame, write_output
 from mval.policies import check_new_name, load_policy, policy_frame, policy_names
 from mval.store import check_counted, load_sql, transaction
 
@@ -327,7 +327,7 @@ def _second_moments(est: LogEstimates, estimator: str, table: str | Path | pl.Da
                     target_pis: list[np.ndarray]) -> np.ndarray:
     if table is None:
         return est.second if estimator == "ips" else np.maximum(est.second - est.mean**2, 0.0)
-    frame = table if isinstance(table, pl.DataFrame) else _read_table(table)
+    frame = table if isinstance(table, pl.DataFrame) else read_frame(table)  # all values type a column
     where = str(table) if not isinstance(table, pl.DataFrame) else "second-moment table"
     missing = [c for c in ("context_id", "action", "s") if c not in frame.columns]
     if missing:
@@ -382,14 +382,6 @@ def _check_costs(costs: np.ndarray, scale: float, estimator: str, from_table: bo
     raise MvalError(f"nothing to design: {why}, so every logging policy predicts a standard error of 0; "
                     "log rows with varying rewards first (any logging policy will do), or give --second-moment "
                     "with the reward variances you expect")
-
-
-def _read_table(path: str | Path) -> pl.DataFrame:
-    con = duckdb.connect()
-    try:
-        return relation_for_file(con, path).pl()
-    finally:
-        con.close()
 
 
 def _aggregate_variance(est: LogEstimates, signed: list[np.ndarray], pi1: np.ndarray, rounds: float,

@@ -29,6 +29,7 @@ from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
 from mval.errors import MvalError
+from mval.files import read_frame
 from mval.store import load_sql
 
 REWARD_FEATURES = 10  # reward models in experiments see the first principal components only
@@ -186,14 +187,11 @@ def sklearn_env(dataset: str, **kwargs) -> BanditEnv:
 
 
 def file_env(path: str | Path, label: str, **kwargs) -> BanditEnv:
-    """Supervised-to-bandit from a CSV/Parquet file: every other column is a numeric feature, `label` the class."""
+    """Supervised-to-bandit from a CSV/Parquet/JSON lines file: every other column is a numeric feature, `label` the class."""
     path = Path(path)
-    if not path.is_file():
-        raise MvalError(f"{path}: no such file")
-    try:
-        frame = pl.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pl.read_csv(path)
-    except Exception as e:  # polars raises many types for unreadable files
-        raise MvalError(f"{path}: cannot read ({str(e).splitlines()[0]}); give a CSV or Parquet file") from e
+    frame = read_frame(path)  # refused as `mval ingest` refuses a file; each column typed by all its values
+    if frame.height == 0:
+        raise MvalError(f"{path}: the file has no rows")
     if label not in frame.columns:
         raise MvalError(f"{path}: no column {label!r} for --label; columns are {', '.join(frame.columns)}")
     features = frame.drop(label).with_columns(pl.col(pl.Boolean).cast(pl.Float64))  # a true/false feature is 1/0

@@ -4,7 +4,8 @@ validated in SQL, in one transaction.
 Formats:
 - `generic`: the store's own column names (`action`, `propensity`, `reward`; optional `context_id`,
   `features`, `action_probs`, `position`, `ts`, `event_id`), renamed with `mapping` {store_col: file_col};
-  features from one list column or gathered from several numeric columns (`features=[...]`, globs allowed),
+  features from one list column or gathered from several numeric columns (`features=[...]`, globs allowed;
+  a column's exact name names it, even with glob characters; `parse_features` splits the CLI's text),
   in the order of the patterns as given and, within one glob, in natural order (f_2 before f_10), so the
   vectors do not depend on the file's column order. The gathered names are recorded
   (`ingests.feature_columns`): a file that gathers other columns, or the same in another order, than an
@@ -17,21 +18,25 @@ Formats:
   user features joined by '|', features = the user-item affinities (both in natural order of their
   column names). Positions are kept as published.
   No event id: every row is added.
+
+The same content (sha256) is stored once: read again the same way (format, the file column of each store
+column, the gathered feature columns; recorded in `ingests`) it adds nothing, read another way it is refused.
 """
 
 from __future__ import annotations
 
-import csv
 import fnmatch
 import math
 import re
+import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import duckdb
 
 from mval.errors import MvalError
-from mval.files import file_reader, file_sha256, key_text_sql, relation_for_file, sql_ident, table_sql, utf8_line
+from mval.files import (FLOAT_ID, file_reader, file_sha256, key_text_sql, read_error, relation_for_file, sql_ident,
+                        table_sql)
 from mval.store import add_event_cells, load_sql, transaction
 
 FORMATS = ("generic", "obd")
@@ -39,8 +44,6 @@ STORE_COLUMNS = ("context_id", "features", "action", "propensity", "reward", "ac
 REQUIRED = ("action", "propensity", "reward")
 
 INTEGER_MAX = 2**31 - 1  # the store's INTEGER (events.action, events.position)
-_FLOAT_ID_FIX = ("ids are compared as text, so 1.0 would not match the 1 of another file: write the column as "
-                 "integers or text (pandas: df[{column!r}].astype('Int64') before writing)")
 
 # rule -> (store column, what it must be, how to fix); {column!r} in the fix: the file's column
 RULES = {
@@ -58,8 +61,8 @@ RULES = {
     "bad_features": ("features", "finite numbers only",
                      "write a list like [0.1, 2] (or name numeric columns with --features) and fill or drop missing values"),
     "bad_ts": ("ts", "a timestamp", "use ISO 8601 (2024-01-31 12:00:00)"),
-    "float_context_id": ("context_id", "an integer or text id, not a float", _FLOAT_ID_FIX),
-    "float_event_id": ("event_id", "an integer or text id, not a float", _FLOAT_ID_FIX),
+    "float_context_id": ("context_id", *FLOAT_ID),
+    "float_event_id": ("event_id", *FLOAT_ID),
 }
 _STAGED_AS = {"event_id": "source_event_id"}  # store column -> its column in `staged`, where the names differ
 # a feature gathered from one column that is missing or not a finite number (the rule bad_features)
@@ -121,13 +124,43 @@ def _natural_sorted(columns: list[str]) -> list[str]:
     return sorted(columns, key=_natural_key)
 
 
+# one --features pattern, in double quotes (as written, "" for a quote) or bare (trimmed), then a comma or the end
+_FEATURE_PATTERN = re.compile(r'\s*(?:"((?:[^"]|"")*)"|([^,"]*?))\s*(,|\Z)')
+
+
+def parse_features(text: str) -> list[str]:
+    """The patterns of `--features TEXT`, separated by commas as in a CSV line: a pattern in double quotes
+    is taken as written, so it may hold a comma ("price, usd"; "" for a quote inside); others are trimmed."""
+    patterns, start = [], 0
+    while True:
+        found = _FEATURE_PATTERN.match(text, start)
+        if found is None:
+            raise MvalError(f"--features {text}: a double quote must enclose a whole pattern, as in "
+                            '--features \'"price, usd",x_*\' (write "" for a quote inside it)')
+        quoted, bare, comma = found.groups()
+        patterns.append(bare if quoted is None else quoted.replace('""', '"'))
+        if not comma:
+            return patterns
+        start = found.end()
+
+
+def features_option(columns: list[str]) -> str:
+    """`--features` text that names exactly `columns`, in order (the inverse of `parse_features`)."""
+    quoted = ('"' + c.replace('"', '""') + '"' if re.search(r'[,"]|^\s|\s$', c) else c for c in columns)
+    return ",".join(quoted)
+
+
 def _resolve_features(columns: list[str], patterns: list[str], path: Path) -> list[str]:
     """The feature columns in the order of `patterns`, not of the file (two exports of one log with their
     columns in another order must store the same vectors): a name where it is given, a glob's matches in
-    natural order; case-sensitive; each column once, where first named. A pattern that matches nothing
+    natural order; case-sensitive; each column once, where first named. A pattern that is a column's exact
+    name names that column only, even if it holds glob characters (*, ?, [). A pattern that matches nothing
     is refused (a misspelt name would drop its feature from every vector)."""
     chosen: dict[str, None] = {}
     for pattern in patterns:
+        if pattern in columns:
+            chosen |= dict.fromkeys([pattern])
+            continue
         matched = _natural_sorted([c for c in columns if fnmatch.fnmatchcase(c, pattern)])
         if not matched:
             raise MvalError(f"{path}: no column matches --features {pattern}; columns are {', '.join(columns)}")
@@ -167,11 +200,13 @@ def _generic_columns(
             raise MvalError(f"--map {col}=: {col} is required; map it to a column of the file")
         if src != "" and src not in columns:
             raise MvalError(f"{path}: --map {col}={src}: no column {src!r} in the file")
-    missing = [f"{col} (file column {source[col]!r})" for col in REQUIRED if source[col] not in columns]
+    missing = [col for col in REQUIRED if source[col] not in columns]
     if missing:
-        raise MvalError(
-            f"{path}: missing column {missing[0]}; rename it with --map {missing[0].split()[0]}=FILE_COLUMN"
-        )
+        col, src = missing[0], source[missing[0]]
+        cased = [c for c in columns if c.lower() == src.lower()]
+        fix = (f"names are case-sensitive here: --map {col}={cased[0]}" if cased
+               else f"rename it with --map {col}=FILE_COLUMN")
+        raise MvalError(f"{path}: missing column {col} (file column {src!r}); {fix}")
     exprs = {
         "action": "TRY_CAST({} AS DOUBLE)",
         "propensity": "TRY_CAST({} AS DOUBLE)",
@@ -182,6 +217,7 @@ def _generic_columns(
     }
     out = {col: expr.format(sql_ident(source[col])) for col, expr in exprs.items() if source[col] in columns}
     out |= _raw_columns({col: source[col] for col in PARSED if source[col] in columns}, types)
+    out |= {f"_{col}_text": f"nullif(trim(CAST({sql_ident(source[col])} AS TEXT)), '')" for col in REQUIRED}
     if source["context_id"] in columns:
         out["context_id"] = key_text_sql(path, source["context_id"], types[source["context_id"]])
     if file_reader(path) != "read_parquet":  # CSV and JSON are read as text: their ids are the file's text
@@ -194,7 +230,8 @@ def _generic_columns(
         out["ts"] = _timestamp_expr(source["ts"], types[source["ts"]])
     if source["event_id"] in columns:
         out["source_event_id"] = key_text_sql(path, source["event_id"], types[source["event_id"]])
-    return Staging(out, {col: src for col, src in source.items() if src in columns}, gathered)
+    read = {col: src for col, src in source.items() if src in columns and not (col == "features" and gathered)}
+    return Staging(out, read, gathered)
 
 
 def _obd_columns(columns: list[str], types: dict[str, str], path: Path) -> Staging:
@@ -214,6 +251,8 @@ def _obd_columns(columns: list[str], types: dict[str, str], path: Path) -> Stagi
         "position": 'TRY_CAST("position" AS DOUBLE)',
         "ts": _timestamp_expr("timestamp", types["timestamp"]),
         **_raw_columns({"position": "position", "ts": "timestamp"}, types),
+        **{f"_{col}_text": f"nullif(trim(CAST({sql_ident(src)} AS TEXT)), '')"
+           for col, src in (("action", "item_id"), ("propensity", "propensity_score"), ("reward", "click"))},
     }
     if users:
         out["context_id"] = "concat_ws('|', " + ", ".join(f"CAST({sql_ident(c)} AS TEXT)" for c in users) + ")"
@@ -245,7 +284,7 @@ def _check_feature_space(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, g
         if fmt == "obd":
             fix = "ingest OBD files with the same user-item_affinity_ columns"
         else:
-            listed = (",".join(stored) if len(stored) <= _LISTED_MAX else f"with the {len(stored)} columns of "
+            listed = (features_option(stored) if len(stored) <= _LISTED_MAX else f"with the {len(stored)} columns of "
                       f"SELECT feature_columns FROM ingests WHERE ingest_id = {ingest_id}")
             fix = f"gather the same columns in the same order (--features {listed})"
         raise MvalError(f"{path}: feature {i + 1} {new}, but ingest {ingest_id} {old}; one store holds one feature "
@@ -264,6 +303,7 @@ def _stage(con: duckdb.DuckDBPyConnection, path: Path, exprs: dict[str, str], co
         "ts": "CAST(NULL AS TIMESTAMP)",
         "source_event_id": "CAST(NULL AS TEXT)",
         **{f"_{col}_raw": "CAST(NULL AS TEXT)" for col in PARSED},
+        **{f"_{col}_text": "CAST(NULL AS TEXT)" for col in REQUIRED},  # the file's text: for messages only
         "_features_text": "CAST(NULL AS TEXT[])",
         "_text_ids": "false",  # true: the ids are the file's text, checked for floats (ingest_checks.sql)
     } | exprs
@@ -289,6 +329,8 @@ def _first_violation(con: duckdb.DuckDBPyConnection, path: Path, rule: str, coun
     shown = _as_text(staged) if column in ("action", "position") else f"CAST({staged} AS TEXT)"
     if column in PARSED:
         shown = f"coalesce(s._{column}_raw, {shown})"
+    elif column in REQUIRED:  # a value that is not a number: the file's text of it
+        shown = f"coalesce({shown}, s._{column}_text)"
     row, value, features, texts = con.execute(
         f"SELECT c._row, {shown}, s.features, s._features_text FROM staged_checks c JOIN staged s USING (_row) "
         f"WHERE c.{rule} ORDER BY c._row LIMIT 1"
@@ -299,7 +341,7 @@ def _first_violation(con: duckdb.DuckDBPyConnection, path: Path, rule: str, coun
         name, value, (must_be, fix) = staging.feature_columns[bad], texts[bad], _BAD_GATHERED
         found = "found missing" if value is None else f"found {value}"
     else:
-        found = "missing or not a number" if value is None else f"found {value}"
+        found = "found missing" if value is None else f"found {value}"
     more = f" ({count - 1} more rows like it)" if count > 1 else ""
     return MvalError(f"{path}: row {row}, column {name}: must be {must_be}, {found}{more}; "
                      f"{fix.format(column=name)}")
@@ -307,6 +349,7 @@ def _first_violation(con: duckdb.DuckDBPyConnection, path: Path, rule: str, coun
 
 def _validate(con: duckdb.DuckDBPyConnection, path: Path, staging: Staging) -> int:
     """Run every rule over the staged rows in one scan; raise on the first failing rule. Returns rows."""
+    con.execute(load_sql("float_ids"))
     con.execute(load_sql("ingest_checks"))
     counts_sql = ("SELECT count(*), min(features_len), max(features_len), "
                   + ", ".join(f"count_if({rule})" for rule in RULES) + " FROM staged_checks")
@@ -365,6 +408,56 @@ def _known_events(con: duckdb.DuckDBPyConnection, path: Path, column: str, logge
     return known
 
 
+@dataclass(frozen=True)
+class Reading:
+    """How a file's bytes become events: the `--format`, the file column each store column is read from
+    (`sources`; None: not recorded, an ingest before schema version 5) and the columns gathered into
+    `features` (None: none, a list column, or not recorded before version 4)."""
+
+    fmt: str
+    sources: dict[str, str] | None
+    feature_columns: list[str] | None
+
+    def differs(self, other: Reading) -> tuple[str, str] | None:
+        """The first difference from the `other` reading, told as (this one's, the other's); None if there is
+        none that both record."""
+        if self.fmt != other.fmt:
+            return f"with --format {self.fmt}", f"with --format {other.fmt}"
+        recorded = self.sources is not None and other.sources is not None  # before version 5: format only,
+        known = recorded or None not in (self.feature_columns, other.feature_columns)  # and names if gathered
+        if known and self.feature_columns != other.feature_columns:
+            return _gathered_text(self.feature_columns), _gathered_text(other.feature_columns)
+        if recorded:
+            for col in STORE_COLUMNS:
+                mine, theirs = self.sources.get(col), other.sources.get(col)
+                if mine != theirs:
+                    return _source_text(col, mine), _source_text(col, theirs)
+        return None
+
+    def options(self, columns: list[str]) -> str:
+        """The `mval ingest` options that read a file with `columns` this way (`sources` recorded)."""
+        if self.fmt == "obd" or self.sources is None:
+            return f"--format {self.fmt}"
+        flags = []
+        for col in STORE_COLUMNS:
+            src = self.sources.get(col)
+            if src is None and col in columns and not (col == "features" and self.feature_columns):
+                flags.append(f"--map {col}=")
+            elif src is not None and src != col:
+                flags.append(f"--map {shlex.quote(f'{col}={src}')}")
+        if self.feature_columns:
+            flags.append(f"--features {shlex.quote(features_option(self.feature_columns))}")
+        return " ".join(flags) or "no --map or --features"
+
+
+def _source_text(col: str, src: str | None) -> str:
+    return f"{col} from column {src!r}" if src is not None else f"no {col}"
+
+
+def _gathered_text(columns: list[str] | None) -> str:
+    return f"features from columns {', '.join(columns)}" if columns else "no --features"
+
+
 def _already_ingested(path: Path, logger: str, ingest_id: int, stored_logger: str) -> IngestResult:
     """The same file content was ingested before (ingest `ingest_id`): nothing to add for the same logger;
     another logger is refused, since one file's events cannot come from two loggers."""
@@ -375,58 +468,20 @@ def _already_ingested(path: Path, logger: str, ingest_id: int, stored_logger: st
     return IngestResult(str(path), logger, ingest_id, 0, 0, skipped=True)
 
 
-# DuckDB's JSON reader on an object with a repeated key (first line of its message)
-_REPEATED_KEY = re.compile(r'in (line|record)(?:/value)? (\d+): Object .* has duplicate key "(.*)"$')
-# DuckDB's CSV reader on a line with more or fewer fields than the header (its "Original Line" may hold a newline)
-_RAGGED_LINE = re.compile(r"CSV Error on Line: (\d+)\n(?s:.*?)\nExpected Number of Columns: (\d+) Found: (\d+)")
-
-
-def _ragged_line(path: Path, message: str) -> MvalError | None:
-    ragged = _RAGGED_LINE.search(message)
-    if ragged is None:
-        return None
-    line, header, found = ragged.groups()
-    return MvalError(f"{path}: line {line} has {found} fields, the header {header}; give every line one field per "
-                     "header column (quote a value that holds the delimiter), or drop the line")
-
-
-def _check_csv_width(con: duckdb.DuckDBPyConnection, path: Path, width: int) -> None:
-    """Refuse a CSV file with a line of more or fewer fields than its header, naming the line; called
-    when the file's columns were not found. DuckDB's sniffer reads a sample: a ragged line in it makes the
-    file look like one without a header (columns column0.., the lines before the widest one skipped) or
-    with another delimiter. Only when the `width` sniffed does not match the header line (one line read
-    here) is the file read again, with the header's delimiter and width, to find the line. A ragged line
-    past the sample fails the ingest's own scan instead (see `_read_error`)."""
-    with path.open("rb") as f:
-        first = utf8_line(f.readline(), f"{path} line 1").removeprefix("\ufeff").rstrip("\r\n")
-    delimiter = max(",\t;|", key=first.count)
-    if delimiter not in first:
-        return  # one column, or a line before the header: nothing to compare
-    header = next(csv.reader([first], delimiter=delimiter))
-    if len(header) == width:
+def _check_same_reading(path: Path, ingest_id: int, earlier: Reading, now: Reading, columns: list[str]) -> None:
+    """Refuse to read again, another way, a file whose content ingest `ingest_id` holds: another --map or
+    --features (or --format) makes other events of the same bytes, which would sit beside the stored ones
+    (the same events twice, with other values); so would skipping it in silence, the user believing the
+    new reading stored."""
+    difference = earlier.differs(now)
+    if difference is None:
         return
-    columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(header))) + "}"
-    try:
-        con.execute(f"SELECT count(*) FROM read_csv(?, auto_detect = false, header = true, delim = ?, "
-                    f"quote = '\"', escape = '\"', columns = {columns})", [str(path), delimiter])
-    except duckdb.Error as e:
-        ragged = _ragged_line(path, str(e))
-        if ragged is not None:
-            raise ragged from e
-
-
-def _read_error(path: Path, e: duckdb.Error) -> MvalError:
-    """A DuckDB error while the file is read or stored, as one line; a JSON object with a repeated key
-    names the line and the key, a CSV line with more or fewer fields than the header its line."""
-    ragged = _ragged_line(path, str(e))
-    if ragged is not None:
-        return ragged
-    message = str(e).splitlines()[0]
-    repeated = _REPEATED_KEY.search(message)
-    if repeated:
-        where, number, key = repeated.groups()
-        return MvalError(f"{path}: {where} {number}: key {key!r} appears twice in one object; keep one of them")
-    return MvalError(f"{path}: ingest failed, store unchanged ({message})")
+    before, after = difference
+    options = earlier.options(columns) if earlier.sources is not None else "its --map was not recorded"
+    raise MvalError(f"{path}: already ingested as ingest {ingest_id}, reading {before}; this run would read {after}: "
+                    "the same content read two ways would store its events twice, so nothing was added. Rerun with "
+                    f"the options of ingest {ingest_id} ({options}), or ingest into a new store to read the file "
+                    "this way (mval has no command to delete an ingest)")
 
 
 def ingest_file(
@@ -437,27 +492,30 @@ def ingest_file(
     mapping: dict[str, str] | None = None,
     features: list[str] | None = None,
 ) -> IngestResult:
-    """Validate `path` in SQL and append its rows to `events` in one transaction (all or nothing)."""
+    """Validate `path` in SQL and append its rows to `events` in one transaction (all or nothing).
+    `features`: the patterns to gather, each a column's exact name or a glob (`parse_features` splits the
+    CLI's comma list)."""
     path = Path(path)
     if not logger.strip():
         raise MvalError("--logger must be a non-empty name (the logging policy or batch that produced the file)")
     if fmt not in FORMATS:
         raise MvalError(f"--format {fmt}: unknown; use one of {', '.join(FORMATS)}")
     rel = relation_for_file(con, path, as_text=True)
-    digest = file_sha256(path)  # the same content ingested twice adds nothing
-    seen = con.execute("SELECT ingest_id, logger FROM ingests WHERE content_hash = ?", [digest]).fetchall()
-    if seen:
-        return _already_ingested(path, logger, *seen[0])
+    digest = file_sha256(path)  # the same content read the same way twice adds nothing
+    seen = con.execute("SELECT ingest_id, logger, format, source_columns, feature_columns FROM ingests "
+                       "WHERE content_hash = ?", [digest]).fetchall()
+    if seen and seen[0][1] != logger:
+        _already_ingested(path, logger, *seen[0][:2])  # refused: one file's events cannot come from two loggers
     types = dict(zip(rel.columns, (str(t) for t in rel.types)))
-    try:
-        if fmt == "obd":
-            staging = _obd_columns(rel.columns, types, path)
-        else:
-            staging = _generic_columns(rel.columns, types, path, mapping or {}, features)
-    except MvalError:
-        if file_reader(path) == "read_csv":  # columns missing: a ragged line may have misled the sniffer
-            _check_csv_width(con, path, len(rel.columns))
-        raise
+    if fmt == "obd":
+        staging = _obd_columns(rel.columns, types, path)
+    else:
+        staging = _generic_columns(rel.columns, types, path, mapping or {}, features)
+    reading = Reading(fmt, staging.sources, staging.feature_columns or None)
+    if seen:
+        ingest_id, stored_logger, *earlier = seen[0]
+        _check_same_reading(path, ingest_id, Reading(*earlier), reading, rel.columns)
+        return _already_ingested(path, logger, ingest_id, stored_logger)
     try:
         _check_feature_space(con, path, fmt, staging.feature_columns)
         _stage(con, path, staging.exprs, rel.columns)
@@ -478,9 +536,9 @@ def ingest_file(
             ).fetchall()[0]
             con.execute(
                 "INSERT INTO ingests (ingest_id, path, content_hash, format, logger, rows, first_event, "
-                "feature_columns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "feature_columns, source_columns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, map(?::TEXT[], ?::TEXT[]))",
                 [ingest_id, str(path.resolve()), digest, fmt, logger, rows, first_event,
-                 staging.feature_columns or None],
+                 reading.feature_columns, list(reading.sources), list(reading.sources.values())],
             )
             con.execute(
                 load_sql("ingest_insert"),
@@ -488,7 +546,7 @@ def ingest_file(
             )
             add_event_cells(con, ingest_id)
     except duckdb.Error as e:
-        raise _read_error(path, e) from e
+        raise read_error(path, e, "ingest failed, store unchanged") from e
     finally:
         con.execute("DROP VIEW IF EXISTS staged_new")
         con.execute("DROP TABLE IF EXISTS staged_known")

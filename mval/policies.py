@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 from mval.errors import MvalError
-from mval.files import file_reader, key_text_sql, relation_for_file
+from mval.files import FLOAT_ID, file_reader, key_text_sql, read_error, relation_for_file
 from mval.store import load_sql, transaction
 
 POLICY_COLUMNS = ("context_id", "action", "prob")
@@ -69,25 +69,32 @@ def add_policy(con: duckdb.DuckDBPyConnection, name: str, path: str | Path, repl
     rel = relation_for_file(con, path, as_text=True)
     missing = [c for c in POLICY_COLUMNS if c not in rel.columns]
     if missing:
-        raise MvalError(f"{path}: missing column(s) {', '.join(missing)}; a policy file has columns context_id, action, prob")
+        cased = [c for c in rel.columns if c.lower() in missing]
+        hint = f" (names are case-sensitive: rename {', '.join(map(repr, cased))})" if cased else ""
+        raise MvalError(f"{path}: missing column(s) {', '.join(missing)}; a policy file has columns context_id, "
+                        f"action, prob{hint}")
     context = key_text_sql(path, "context_id", str(rel.types[rel.columns.index("context_id")]))
     con.register("staged_policy_raw", rel)
     try:
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE staged_policy AS SELECT nullif({context}, '') AS context_id, "
-            "TRY_CAST(action AS DOUBLE) AS action, TRY_CAST(prob AS DOUBLE) AS prob FROM staged_policy_raw"
+            "TRY_CAST(action AS DOUBLE) AS action, TRY_CAST(prob AS DOUBLE) AS prob, "
+            "row_number() OVER () AS _row, nullif(trim(CAST(action AS TEXT)), '') AS _action_text, "
+            "nullif(trim(CAST(prob AS TEXT)), '') AS _prob_text FROM staged_policy_raw"
         )
     except duckdb.Error as e:
-        raise MvalError(f"{path}: cannot read policy ({str(e).splitlines()[0]})") from e
+        raise read_error(path, e, "cannot read policy") from e
     finally:
         con.unregister("staged_policy_raw")
     if file_reader(path) != "read_parquet":  # CSV/JSON ids are the file's text: pandas writes 1 as 1.0
-        floats = con.execute("SELECT context_id FROM staged_policy WHERE regexp_full_match(context_id, "
-                             "'-?[0-9]+\\.0+') LIMIT 1").fetchall()
-        if floats:
-            raise MvalError(f"{path}: context_id {floats[0][0]!r} is a whole number written as a float, which would "
-                            "not match the id 1 of a log; write it as an integer (pandas: "
-                            "df['context_id'].astype('Int64'))")
+        con.execute(load_sql("float_ids"))
+        row, value, count = con.execute("SELECT min(_row), arg_min(context_id, _row), count(*) FROM staged_policy "
+                                        "WHERE float_written_id(context_id)").fetchall()[0]
+        if count:
+            must_be, fix = FLOAT_ID
+            more = f" ({count - 1} more rows like it)" if count > 1 else ""
+            raise MvalError(f"{path}: row {row}, column context_id: must be {must_be}, found {value}{more}; "
+                            f"{fix.format(column='context_id')}")
     problems = con.execute(load_sql("policy_validate")).fetchall()
     if problems:
         problem, context_id, found = problems[0]

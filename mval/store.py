@@ -9,7 +9,9 @@ as temporary views when it is opened read-only (the file is left as it was):
   examples added before it (curate then rebuilds their records from the fields); `events.source_event_id`
   (the log file's own event id), NULL for events added before it (they are never matched as duplicates);
 - 4: `ingests.feature_columns` (the file columns each ingest gathered into `features`, which later ingests
-  must match), NULL for ingests before it (they are compared by vector length only); `ingest_log` shows it.
+  must match), NULL for ingests before it (they are compared by vector length only); `ingest_log` shows it;
+- 5: `ingests.source_columns` (the file column each store column was read from), NULL for ingests before it
+  (the same file again is then compared by format and feature columns only).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import duckdb
 
 from mval.errors import MvalError, StoreBusyError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _LOCK_PID = re.compile(r"PID (\d+)")
 
 
@@ -105,6 +107,14 @@ def _create_ingest_log(con: duckdb.DuckDBPyConnection, temporary: bool) -> None:
     con.execute(f"CREATE OR REPLACE {'TEMP ' if temporary else ''}VIEW ingest_log AS {load_sql('ingest_log')}")
 
 
+# Columns that versions 3 to 5 added to tables of an older store, in the order they were added.
+_ADDED_COLUMNS = {
+    "examples": [("record", "TEXT")],
+    "events": [("source_event_id", "TEXT")],
+    "ingests": [("feature_columns", "TEXT[]"), ("source_columns", "MAP(TEXT, TEXT)")],
+}
+
+
 def _upgrade(con: duckdb.DuckDBPyConnection, path: Path, version: int, read_only: bool) -> None:
     """Bring an older store to SCHEMA_VERSION (temporary views when read-only; see the module docstring)."""
     if version >= SCHEMA_VERSION:
@@ -115,10 +125,11 @@ def _upgrade(con: duckdb.DuckDBPyConnection, path: Path, version: int, read_only
                 con.execute(load_sql("event_cells"))
                 con.execute("CREATE TEMP VIEW event_cells AS SELECT * FROM events_counted")
             catalog = con.execute("SELECT current_database()").fetchall()[0][0].replace('"', '""')
-            for table, column, kind in (("examples", "record", "TEXT"), ("events", "source_event_id", "TEXT"),
-                                        ("ingests", "feature_columns", "TEXT[]")):
-                if not _has_column(con, table, column):
-                    con.execute(f'CREATE TEMP VIEW {table} AS SELECT *, NULL::{kind} AS {column} FROM "{catalog}".main.{table}')
+            for table, columns in _ADDED_COLUMNS.items():
+                added = ", ".join(f"NULL::{kind} AS {column}" for column, kind in columns
+                                  if not _has_column(con, table, column))
+                if added:
+                    con.execute(f'CREATE TEMP VIEW {table} AS SELECT *, {added} FROM "{catalog}".main.{table}')
             if version < 4:
                 _create_ingest_log(con, temporary=True)
             return
@@ -126,9 +137,9 @@ def _upgrade(con: duckdb.DuckDBPyConnection, path: Path, version: int, read_only
             if version < 2:
                 con.execute(load_sql("event_cells_table"))
                 add_event_cells(con, None)
-            con.execute("ALTER TABLE examples ADD COLUMN IF NOT EXISTS record TEXT")
-            con.execute("ALTER TABLE events ADD COLUMN IF NOT EXISTS source_event_id TEXT")
-            con.execute("ALTER TABLE ingests ADD COLUMN IF NOT EXISTS feature_columns TEXT[]")
+            for table, columns in _ADDED_COLUMNS.items():
+                for column, kind in columns:
+                    con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
             _create_ingest_log(con, temporary=False)
             con.execute("UPDATE mval_meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
     except duckdb.Error as e:

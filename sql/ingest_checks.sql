@@ -4,7 +4,8 @@
 -- `mval ingest` counts each rule in one scan and, only when a rule fails, looks up the first
 -- failing row for the error message (showing the file's text of the value where it has one).
 -- `_text_ids`: the ids are the file's text (CSV, JSON), where a whole number written as a float (1.0,
--- as pandas writes an integer column with a missing value) would not match the 1 of another file.
+-- as pandas writes an integer column with a missing value) would not match the 1 of another file
+-- (`float_written_id`, sql/float_ids.sql, loaded first).
 CREATE OR REPLACE TEMP VIEW staged_checks AS
 SELECT
     _row,
@@ -25,6 +26,6 @@ SELECT
     CASE WHEN bad_features THEN coalesce(regexp_matches(_features_raw, '^\s*\[[^\]]*\['), false)
          ELSE false END                                                           AS nested_features,
     _ts_raw IS NOT NULL AND ts IS NULL                                            AS bad_ts,
-    _text_ids AND regexp_full_match(context_id, '-?[0-9]+\.0+')                   AS float_context_id,
-    _text_ids AND regexp_full_match(source_event_id, '-?[0-9]+\.0+')             AS float_event_id
+    _text_ids AND float_written_id(context_id)                                    AS float_context_id,
+    _text_ids AND float_written_id(source_event_id)                               AS float_event_id
 FROM staged;

@@ -1,12 +1,13 @@
--- Problems in a staged policy table `staged_policy(context_id, action, prob)`, worst first.
+-- Problems in a staged policy table `staged_policy(context_id, action, prob, _action_text, _prob_text)`
+-- (the last two: the file's text of action and prob, to show a value that is not a number), worst first.
 -- One row per problem: what, the context it is in, and the value found.
 WITH checks AS (
     SELECT 'action must be a non-negative integer (at most 2147483647)' AS problem, context_id,
-        printf('%.15g', action) AS found
+        coalesce(printf('%.15g', action), _action_text, 'missing') AS found
     FROM staged_policy WHERE action IS NULL OR NOT isfinite(action) OR action < 0 OR action <> floor(action)
         OR action > 2147483647
     UNION ALL
-    SELECT 'prob must be in [0, 1]', context_id, CAST(prob AS TEXT)
+    SELECT 'prob must be in [0, 1]', context_id, coalesce(CAST(prob AS TEXT), _prob_text, 'missing')
     FROM staged_policy WHERE prob IS NULL OR isnan(prob) OR prob < 0 OR prob > 1
     UNION ALL
     -- 1e-6 per row: probabilities rounded to 6 decimals pass (each is off by at most 5e-7)

@@ -1,4 +1,4 @@
--- mval store schema, version 4, with event_cells_table.sql, views.sql and ingest_log.sql. Applied by `mval init` in one transaction.
+-- mval store schema, version 5, with event_cells_table.sql, views.sql and ingest_log.sql. Applied by `mval init` in one transaction.
 CREATE TABLE mval_meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -10,6 +10,9 @@ CREATE SEQUENCE ingest_id_seq START 1;
 -- feature_columns: the file columns gathered into events.features, in vector order (--features, or the
 -- affinity columns of --format obd); NULL when features came from one list column, or there are none, and
 -- for ingests before version 4. An ingest that gathers other names than an earlier one's is refused.
+-- source_columns: the file column each store column was read from (--map, or the --format's layout;
+-- a gathered `features` is in feature_columns); NULL for ingests before version 5. With `format` and
+-- feature_columns it is how the file was read: the same content read another way is refused.
 CREATE TABLE ingests (
     ingest_id    INTEGER PRIMARY KEY,
     path         TEXT NOT NULL,
@@ -19,7 +22,8 @@ CREATE TABLE ingests (
     rows         BIGINT NOT NULL,  -- events added (rows of the file already stored are not counted)
     first_event  BIGINT NOT NULL,
     ingested_at  TIMESTAMP NOT NULL DEFAULT current_localtimestamp(),
-    feature_columns TEXT[]
+    feature_columns TEXT[],
+    source_columns MAP(TEXT, TEXT)
 );
 
 -- One row per logged interaction. event_id is dense and increasing in ingest order; source_event_id is

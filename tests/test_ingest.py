@@ -102,6 +102,73 @@ def test_same_content_under_another_logger_is_refused_and_store_is_unchanged(sto
         assert before[table].equals(after[table]), table
 
 
+def _two_readings_csv(path: Path) -> Path:
+    """A log that two readings can take apart: two reward columns, two feature columns, event ids."""
+    path.write_text("event_id,action,propensity,reward,click,x_1,x_2\na,0,0.5,0.2,1,1.5,2\nb,1,0.5,0.7,0,3,4\n")
+    return path
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"features": ["x_1", "x_2"]},
+    {"features": ["x_?"], "mapping": {"reward": "reward", "context_id": ""}},  # the same columns, spelled otherwise
+])
+def test_the_same_content_read_the_same_way_is_skipped(store, tmp_path, kwargs):
+    path = _two_readings_csv(tmp_path / "log.csv")
+    with open_store(store) as con:
+        ingest_file(con, path, "a", features=["x_*"])
+        again = ingest_file(con, path, "a", **kwargs)
+        assert (again.skipped, again.ingest_id, again.rows) == (True, 1, 0)
+        assert con.execute("SELECT count(*) FROM events").fetchall() == [(2,)]
+
+
+@pytest.mark.parametrize("kwargs, earlier, now", [
+    ({"features": ["x_*"], "mapping": {"reward": "click"}}, "reward from column 'reward'", "reward from column 'click'"),
+    ({"features": ["x_2", "x_1"]}, "features from columns x_1, x_2", "features from columns x_2, x_1"),
+    ({}, "features from columns x_1, x_2", "no --features"),
+    ({"features": ["x_*"], "mapping": {"event_id": ""}}, "event_id from column 'event_id'", "no event_id"),
+], ids=["map", "feature-order", "no-features", "ids-unread"])
+def test_the_same_content_read_another_way_is_refused_naming_the_earlier_options(store, tmp_path, kwargs, earlier,
+                                                                                 now):
+    """Skipped, the user would believe the new reading stored; added, the same events would be stored twice."""
+    path = _two_readings_csv(tmp_path / "log.csv")
+    with open_store(store) as con:
+        ingest_file(con, path, "a", features=["x_*"], mapping={"propensity": "propensity"})
+    before = _all_tables(store)
+    (tmp_path / "copy.csv").write_bytes(path.read_bytes())
+    with open_store(store) as con, pytest.raises(MvalError) as refused:
+        ingest_file(con, tmp_path / "copy.csv", "a", **kwargs)
+    assert str(refused.value) == (
+        f"{tmp_path / 'copy.csv'}: already ingested as ingest 1, reading {earlier}; this run would read {now}: the same "
+        "content read two ways would store its events twice, so nothing was added. Rerun with the options of ingest 1 "
+        "(--features x_1,x_2), or ingest into a new store to read the file this way (mval has no command to delete "
+        "an ingest)")
+    after = _all_tables(store)
+    for table in before:
+        assert before[table].equals(after[table]), table
+
+
+def test_an_obd_file_read_with_another_format_is_refused(store, tmp_path):
+    write_obd_csv(tmp_path / "obd.csv", rows=10, n_items=3)
+    with open_store(store) as con:
+        ingest_file(con, tmp_path / "obd.csv", "r", mapping={"action": "item_id", "propensity": "propensity_score",
+                                                             "reward": "click"})
+        with pytest.raises(MvalError, match=r"obd.csv: already ingested as ingest 1, reading with --format generic; "
+                                            r"this run would read with --format obd: .* Rerun with the options of "
+                                            r"ingest 1 \(--map action=item_id --map propensity=propensity_score "
+                                            r"--map reward=click\), "):
+            ingest_file(con, tmp_path / "obd.csv", "r", "obd")
+
+
+def test_the_earlier_options_are_told_as_flags_to_rerun(store, tmp_path):
+    path = _two_readings_csv(tmp_path / "log.csv")
+    path.write_text(path.read_text().replace("x_2", '"x, 2"'))
+    with open_store(store) as con:
+        ingest_file(con, path, "a", mapping={"reward": "click", "event_id": ""}, features=["x, 2", "x_1"])
+        with pytest.raises(MvalError, match=r"Rerun with the options of ingest 1 \(--map reward=click --map event_id= "
+                                            r"--features '\"x, 2\",x_1'\)"):
+            ingest_file(con, path, "a")
+
+
 def test_event_ids_continue_across_ingests(store, tmp_path):
     generic_log(rows=10, seed=1).write_parquet(tmp_path / "a.parquet")
     generic_log(rows=7, seed=2).drop("features", "action_probs").write_csv(tmp_path / "b.csv")
@@ -137,12 +204,14 @@ def test_event_cells_count_each_ingests_identical_rows(store, tmp_path):
 BAD_ROWS = [
     ("propensity", 0.0, r"row 3, column propensity: must be in \(0, 1\], found 0.0"),
     ("propensity", 1.5, r"row 3, column propensity: must be in \(0, 1\], found 1.5"),
-    ("propensity", None, "row 3, column propensity: .* missing or not a number"),
-    ("reward", None, "row 3, column reward: must be a finite number, missing"),
+    ("propensity", None, r"row 3, column propensity: must be in \(0, 1\], found missing;"),
+    ("propensity", "half", r"row 3, column propensity: must be in \(0, 1\], found half;"),  # it said "missing or not a number"
+    ("reward", [1], r"row 3, column reward: must be a finite number, found \[1\];"),
+    ("reward", None, "row 3, column reward: must be a finite number, found missing;"),
     ("reward", float("nan"), "row 3, column reward: must be a finite number"),
     ("action", -1, "row 3, column action: must be an integer from 0 to 2147483647, found -1;"),
     ("action", 1.5, "row 3, column action: must be an integer from 0 to 2147483647, found 1.5"),
-    ("action", "abc", "row 3, column action: must be an integer from 0 to 2147483647, missing or not a number"),
+    ("action", "abc", "row 3, column action: must be an integer from 0 to 2147483647, found abc;"),
     # optional columns: a value that is there but does not parse is refused, not stored as missing
     ("features", "1;2", "row 3, column features: must be finite numbers only, found 1;2"),
     ("features", [1.0, "inf"], "row 3, column features: must be finite numbers only"),
@@ -200,6 +269,8 @@ def _write_log(path: Path, names: list[str]) -> None:
         pq.write_table(pa.table(list(zip(*rows)), names=names), path)
     elif path.suffix == ".jsonl":
         path.write_text("".join("{" + ", ".join(f'"{n}": {v}' for n, v in zip(names, row)) + "}\n" for row in rows))
+    elif path.suffix == ".json":  # one array of objects
+        path.write_text(json.dumps([dict(zip(names, row)) for row in rows]))
     else:
         path.write_text("".join(",".join(map(str, line)) + "\n" for line in [names, *rows]))
 
@@ -209,7 +280,10 @@ def _write_log(path: Path, names: list[str]) -> None:
     ("f.csv", "Action", r"column 'action' appears twice \(columns 1 and 4, the first spelled 'Action'; "
                         r"names are case-insensitive\)"),
     ("f.parquet", "action", r"column 'action' appears twice \(columns 1 and 4\)"),
-    ("f.jsonl", "action", r"line 1: key 'action' appears twice in one object"),
+    ("f.jsonl", "action", r"object 1: key 'action' appears twice in one object"),
+    ("f.jsonl", "Action", r"keys 'Action' and 'action' differ only in case \(both in object 1; names are "
+                          r"case-insensitive, so one would be read as the other\)"),
+    ("f.json", "Action", r"keys 'Action' and 'action' differ only in case \(both in object 1; "),
 ])
 def test_repeated_column_names_are_refused_and_store_is_unchanged(store, tmp_path, name, first, match):
     """DuckDB renames a repeated column (action, action_1): ingest would read the first one silently."""
@@ -218,11 +292,35 @@ def test_repeated_column_names_are_refused_and_store_is_unchanged(store, tmp_pat
         ingest_file(con, tmp_path / "good.parquet", "a")
     before = _all_tables(store)
     _write_log(tmp_path / name, [first, "propensity", "reward", "action"])
-    with open_store(store) as con, pytest.raises(MvalError, match=rf"{re.escape(name)}: {match}; "):
+    with open_store(store) as con, pytest.raises(MvalError, match=rf"{re.escape(name)}: {match}.*; "
+                                                                   r"(rename or drop|keep) one of them$"):
         ingest_file(con, tmp_path / name, "b")
     after = _all_tables(store)
     for table in before:
         assert before[table].equals(after[table]), table
+
+
+@pytest.mark.parametrize("rows", [1, 30_000])
+def test_json_keys_that_differ_in_case_in_two_objects_are_refused(store, tmp_path, rows):
+    """DuckDB reads `Action` as a column of its own (or, past the rows its sniffer samples, not at all), and
+    the object would have no action; every object's keys are read, not a sample."""
+    path = tmp_path / "f.jsonl"
+    path.write_text('{"action": 0, "propensity": 0.5, "reward": 1}\n' * rows
+                    + '{"Action": 1, "propensity": 0.5, "reward": 0}\n')
+    _refused_and_store_unchanged(store, tmp_path, path, rf"f.jsonl: keys 'action' and 'Action' differ only in case "
+                                                        rf"\(objects 1 and {rows + 1}; names are case-insensitive, so "
+                                                        r"one would be read as the other\); rename or drop one of them$")
+
+
+def test_a_json_key_first_seen_past_the_sample_is_read(store, tmp_path):
+    """DuckDB's JSON reader takes its columns from the first 20,480 objects: a key first seen later was dropped,
+    and its values with it, without a word."""
+    path = tmp_path / "f.jsonl"
+    path.write_text('{"action": 0, "propensity": 0.5, "reward": 1}\n' * 30_000
+                    + '{"action": 1, "propensity": 0.5, "reward": 0, "context_id": "late", "position": 2}\n')
+    with open_store(store) as con:
+        assert ingest_file(con, path, "a").rows == 30_001
+        assert con.execute("SELECT context_id, position FROM events WHERE event_id = 30000").fetchall() == [("late", 2)]
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
@@ -341,6 +439,36 @@ def test_bad_files_are_refused(store, tmp_path, kwargs, content, match):
     path.write_text(content)
     with open_store(store) as con, pytest.raises(MvalError, match=match):
         ingest_file(con, path, "a", **kwargs)
+
+
+@pytest.mark.parametrize("name, content, match", [
+    ("empty.csv", b"", r"empty.csv: the file is empty \(0 bytes\); check that the export finished$"),
+    ("empty.jsonl", b"", r"empty.jsonl: the file is empty \(0 bytes\)"),  # both said "missing column action"
+    ("upper.csv", b"Action,propensity,reward\n0,0.5,1\n",
+     r"upper.csv: missing column action \(file column 'action'\); names are case-sensitive here: --map action=Action$"),
+    ("latin.csv", "action,propensity,reward,context_id\n0,0.5,1,caf\xe9\n".encode("latin-1"),
+     r"latin.csv: line 2 is not UTF-8 text; save the file as UTF-8 \(it may be Latin-1"),  # "CSV Error on Line: 2"
+    ("utf16.csv", "action,propensity,reward\n0,0.5,1\n".encode("utf-16"), r"utf16.csv: line 1 is not UTF-8 text; "),
+    ("latin.jsonl", '{"action": 0, "propensity": 0.5, "reward": 1, "context_id": "caf\xe9"}\n'.encode("latin-1"),
+     r"latin.jsonl: the file is not UTF-8 text; "),
+    ("late.csv", b"action,propensity,reward,context_id\n" + b"0,0.5,1,u\n" * 30_000 + "0,0.5,1,caf\xe9\n".encode("latin-1"),
+     r"late.csv: line 30002 is not UTF-8 text; "),  # past the sample: the ingest's own scan
+], ids=["empty-csv", "empty-jsonl", "other-case", "latin-1", "utf-16", "latin-1-json", "latin-1-past-sample"])
+def test_files_that_cannot_be_read_as_given_say_why(store, tmp_path, name, content, match):
+    path = tmp_path / name
+    path.write_bytes(content)
+    _refused_and_store_unchanged(store, tmp_path, path, rf"^{re.escape(str(tmp_path))}/{match}")
+
+
+@pytest.mark.parametrize("column", ["context_id", "event_id"])
+@pytest.mark.parametrize("values", [pa.array([[1], [2]]), pa.array([{"a": 1}, {"a": 2}])], ids=["list", "struct"])
+def test_nested_id_columns_are_refused(store, tmp_path, column, values):
+    """Their text ({'a': 1}) would be stored as the id."""
+    pq.write_table(pa.table({"action": [0, 1], "propensity": [0.5, 0.5], "reward": [1.0, 0.0], column: values}),
+                   tmp_path / "f.parquet")
+    _refused_and_store_unchanged(store, tmp_path, tmp_path / "f.parquet",
+                                 rf"f.parquet: column {column} is (BIGINT\[\]|STRUCT\(a BIGINT\)); an id is one text "
+                                 "or integer value per row")
 
 
 def test_unreadable_and_unknown_files(store, tmp_path):
@@ -559,6 +687,9 @@ def _refused_and_store_unchanged(store, tmp_path, path: Path, match: str, **kwar
     (["f_a", "f_b"], ["f_b", "f_a"], ["f_b", "f_a"]),  # names: the order given
     (["f_a", "x", "f_b"], ["x", "f_*"], ["x", "f_a", "f_b"]),  # patterns in the order given
     (["f_a", "f_b", "f_c"], ["f_c", "f_*"], ["f_c", "f_a", "f_b"]),  # each column once, where first named
+    (["f1", "f[1]", "f*", "f2"], ["f[1]", "f*"], ["f[1]", "f*"]),  # an exact name wins over its glob reading
+    (["f1", "f[1]", "f*", "f2"], ["f?", "f[[]*"], ["f1", "f2", "f*", "f[1]"]),  # globs still glob
+    (["price, usd", "x_2", "x_1"], ["x_*", "price, usd"], ["x_1", "x_2", "price, usd"]),  # a comma in a name
 ])
 def test_features_follow_the_patterns_not_the_file_order(store, tmp_path, file_order, patterns, gathered):
     """Two exports of one log with their columns in another order must store the same vectors."""
@@ -571,6 +702,55 @@ def test_features_follow_the_patterns_not_the_file_order(store, tmp_path, file_o
         ingest_file(con, tmp_path / "f.csv", "a", features=patterns)
         got = np.array(con.execute("SELECT list(features ORDER BY event_id) FROM events").fetchone()[0])
     np.testing.assert_array_equal(got, np.column_stack([values[name] for name in gathered]))
+
+
+@pytest.mark.parametrize("text, patterns", [
+    ("x_*", ["x_*"]),
+    (" x_b , x_a ", ["x_b", "x_a"]),
+    ('"price, usd",x_*', ["price, usd", "x_*"]),
+    ('x_1, "a ""b"", c" ,y', ["x_1", 'a "b", c', "y"]),
+    ('" padded "', [" padded "]),  # quoted: taken as written
+])
+def test_features_option_splits_on_commas_outside_double_quotes(text, patterns):
+    from mval.ingest import features_option, parse_features
+
+    assert parse_features(text) == patterns
+    assert parse_features(features_option(patterns)) == patterns
+
+
+@pytest.mark.parametrize("text", ['a"b', '"a', '"a"b'])
+def test_features_option_with_a_stray_quote_is_refused(text):
+    from mval.ingest import parse_features
+
+    with pytest.raises(MvalError, match=r"--features .*: a double quote must enclose a whole pattern"):
+        parse_features(text)
+
+
+def test_the_feature_space_fix_quotes_a_name_with_a_comma(store, tmp_path):
+    path = _features_file(tmp_path / "a.csv", ["price, usd", "x"])
+    with open_store(store) as con:
+        ingest_file(con, path, "a", features=["price, usd", "x"])
+        with pytest.raises(MvalError, match=r'\(--features "price, usd",x\), or ingest into a new store$'):
+            ingest_file(con, _features_file(tmp_path / "b.csv", ["price, usd", "x"], seed=1), "a",
+                        features=["x", "price, usd"])
+
+
+def test_the_cli_takes_a_column_named_like_a_glob_as_its_name(store, tmp_path):
+    from conftest import run_cli
+
+    path = _features_file(tmp_path / "a.csv", ["f1", "f[1]"])
+    run_cli("ingest", store, path, "--logger", "a", "--features", "f[1]")
+    with open_store(store, read_only=True) as con:
+        assert con.execute("SELECT feature_columns FROM ingests").fetchall() == [(["f[1]"],)]
+
+
+def test_the_cli_takes_a_quoted_column_name_with_a_comma(store, tmp_path):
+    from conftest import run_cli
+
+    path = _features_file(tmp_path / "a.csv", ["price, usd", "x_2", "x_1"])
+    run_cli("ingest", store, path, "--logger", "a", "--features", '"price, usd",x_*')
+    with open_store(store, read_only=True) as con:
+        assert con.execute("SELECT feature_columns FROM ingests").fetchall() == [(["price, usd", "x_1", "x_2"],)]
 
 
 def test_obd_features_and_context_do_not_depend_on_the_column_order(store, tmp_path):

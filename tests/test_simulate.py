@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import polars as pl
 import pytest
@@ -220,3 +222,54 @@ def test_file_env_reads_a_boolean_feature_as_0_or_1(tmp_path):
     booleans, numbers = file_env(tmp_path / "b.parquet", "y"), file_env(tmp_path / "f.parquet", "y")
     np.testing.assert_array_equal(booleans.features, numbers.features)
     np.testing.assert_array_equal(booleans.mean_reward, numbers.mean_reward)
+
+
+def _labelled(rows: int) -> str:
+    return "x,y\n" + "".join(f"{i % 7},{i % 2}\n" for i in range(rows))
+
+
+# the files that `mval ingest` and `mval policy add` refuse, refused alike by the reader simulate --data needs
+BAD_DATA = [
+    ("d.csv", _labelled(40) + "3,1,9\n", r"d.csv: line 42 has 3 fields, the header 2; give every line one field"),
+    ("d.csv", "x,y\n1,0\n2\n" + _labelled(40)[4:], r"d.csv: line 3 has 1 field, the header 2; "),
+    ("d.csv", _labelled(30_000) + "3,1,9\n", r"d.csv: line 30002 has 3 fields, the header 2; "),  # past the sample
+    ("d.csv", "x,y,X\n" + "1,0,2\n" * 40, r"d.csv: column 'X' appears twice \(columns 1 and 3, the first spelled 'x'"),
+    ("d.jsonl", '{"x": 1, "y": 0}\n' * 40 + '{"X": 1, "y": 1}\n',
+     r"d.jsonl: keys 'x' and 'X' differ only in case \(objects 1 and 41; "),
+    ("d.jsonl", "", r"d.jsonl: the file is empty \(0 bytes\)"),
+]
+
+
+@pytest.mark.parametrize("name, text, match", BAD_DATA)
+def test_the_shared_reader_refuses_what_ingest_refuses(tmp_path, name, text, match):
+    from mval.files import read_frame
+
+    (tmp_path / name).write_text(text)
+    with pytest.raises(MvalError, match=match):
+        read_frame(tmp_path / name)
+
+
+@pytest.mark.parametrize("name, text, match", BAD_DATA)
+def test_simulate_data_refuses_what_ingest_refuses(tmp_path, name, text, match):
+    from cli import main
+
+    (tmp_path / name).write_text(text)
+    result = CliRunner().invoke(main, ["simulate", "--data", str(tmp_path / name), "--label", "y", "--reps", "2"])
+    assert result.exit_code == 2, result.output
+    assert re.search(f"^Error: .*{match}", result.output), result.output
+
+
+def test_the_shared_reader_types_a_column_by_every_value_not_a_sample(tmp_path):
+    """DuckDB's reader types a column from its first 20,480 rows and would read this 1.5 as 2."""
+    from mval.files import read_frame
+
+    (tmp_path / "d.csv").write_text("x,flag,name,y\n" + "".join(f"{i},true,n{i},{i % 2}\n" for i in range(30_000))
+                                    + "1.5,false,,1\n")
+    (tmp_path / "d.jsonl").write_text("".join(f'{{"x": {i}, "y": {i % 2}}}\n' for i in range(30_000))
+                                      + '{"x": 1.5, "y": 1}\n')
+    frame = read_frame(tmp_path / "d.csv")
+    assert frame.schema == pl.Schema({"x": pl.Float64, "flag": pl.Boolean, "name": pl.String, "y": pl.Int64})
+    assert frame.row(-1) == (1.5, False, None, 1)
+    assert read_frame(tmp_path / "d.jsonl").row(-1) == (1.5, 1)
+    (tmp_path / "h.csv").write_text("x,y\n")  # no values: numbers, so that the label's classes are what is missing
+    assert read_frame(tmp_path / "h.csv").schema == pl.Schema({"x": pl.Int64, "y": pl.Int64})

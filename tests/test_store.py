@@ -83,13 +83,15 @@ def test_store_held_by_another_writer_is_reported_busy(store):
 def _back_to(con, version: int) -> None:
     """Undo, on a store made by this mval, what the schema versions after `version` added (but `event_cells`,
     version 2): version 3 `examples.record` and `events.source_event_id`, version 4 `ingests.feature_columns`
-    (and `ingest_log` showing it)."""
+    (and `ingest_log` showing it), version 5 `ingests.source_columns`."""
     if version < 3:
         con.execute("ALTER TABLE examples DROP COLUMN record")
         con.execute("ALTER TABLE events DROP COLUMN IF EXISTS source_event_id")
-    con.execute("ALTER TABLE ingests DROP COLUMN IF EXISTS feature_columns")
-    con.execute("CREATE OR REPLACE VIEW ingest_log AS SELECT ingest_id, logger, format, rows, path, ingested_at "
-                "FROM ingests ORDER BY ingest_id")
+    if version < 4:
+        con.execute("ALTER TABLE ingests DROP COLUMN IF EXISTS feature_columns")
+        con.execute("CREATE OR REPLACE VIEW ingest_log AS SELECT ingest_id, logger, format, rows, path, ingested_at "
+                    "FROM ingests ORDER BY ingest_id")
+    con.execute("ALTER TABLE ingests DROP COLUMN IF EXISTS source_columns")
     con.execute("UPDATE mval_meta SET value = ? WHERE key = 'schema_version'", [str(version)])
 
 
@@ -200,7 +202,7 @@ def test_version_3_store_is_read_with_no_feature_columns_and_left_unchanged(stor
     rows = json.loads(run_cli("query", store, "SELECT * FROM ingest_log", "--format", "json").output)
     assert list(rows[0]) == ["ingest_id", "logger", "format", "rows", "path", "ingested_at", "feature_columns"]
     assert [(r["ingest_id"], r["logger"], r["rows"], r["feature_columns"]) for r in rows] == [(1, "a", 3, None)]
-    out = run_cli("query", store, "SELECT * EXCLUDE (feature_columns) FROM ingests", "--format", "parquet",
+    out = run_cli("query", store, "SELECT * EXCLUDE (feature_columns, source_columns) FROM ingests", "--format", "parquet",
                   "-o", tmp_path / "i.parquet")
     assert out.output == "" and pl.read_parquet(tmp_path / "i.parquet").equals(ingests)
     with duckdb.connect(str(store), read_only=True) as con:
@@ -227,3 +229,45 @@ def test_version_3_store_records_feature_columns_from_its_next_ingest(store, tmp
     refused = run_cli("ingest", store, _features_csv(tmp_path / "d.csv", ["x_1", "x_2", "x_3"], seed=3), "--logger",
                       "a", "--features", "x_*", ok=False)  # names in common with ingest 1: still compared with 2
     assert f"d.csv: {compared_with_2}" in refused.output
+
+
+def _version_4_store(store, tmp_path):
+    """A store as mval with schema version 4 left it: `ingests` without `source_columns`, one ingest that read
+    its reward from the column `click` (not recorded); returns `ingests`."""
+    path = _features_csv(tmp_path / "a.csv", ["x_1", "x_2", "click"])
+    run_cli("ingest", store, path, "--logger", "a", "--features", "x_*", "--map", "reward=click")
+    with open_store(store) as con:
+        _back_to(con, 4)
+        return con.sql("SELECT * FROM ingests").pl()
+
+
+def test_version_4_store_is_read_with_no_source_columns_and_left_unchanged(store, tmp_path):
+    ingests = _version_4_store(store, tmp_path)
+    rows = json.loads(run_cli("query", store, "SELECT ingest_id, source_columns FROM ingests", "--format",
+                              "json").output)
+    assert rows == [{"ingest_id": 1, "source_columns": None}]
+    run_cli("query", store, "SELECT * EXCLUDE (source_columns) FROM ingests", "--format", "parquet",
+            "-o", tmp_path / "i.parquet")
+    assert pl.read_parquet(tmp_path / "i.parquet").equals(ingests)
+    with duckdb.connect(str(store), read_only=True) as con:
+        assert con.execute("SELECT value FROM mval_meta").fetchall() == [("4",)]
+        assert con.execute("SELECT count(*) FROM duckdb_columns() "
+                           "WHERE column_name = 'source_columns'").fetchall() == [(0,)]
+
+
+def test_version_4_store_compares_the_same_file_by_what_it_recorded(store, tmp_path):
+    """Ingest 1 (version 4) recorded its format and feature columns, not its --map: the same file with another
+    --map is skipped as before; with other feature columns it is refused. A new ingest records its columns."""
+    _version_4_store(store, tmp_path)
+    skipped = run_cli("ingest", store, tmp_path / "a.csv", "--logger", "a", "--features", "x_*")
+    assert "already ingested (ingest 1, logger 'a'); nothing added" in skipped.output
+    refused = run_cli("ingest", store, tmp_path / "a.csv", "--logger", "a", "--features", "x_2,x_1", ok=False)
+    assert refused.exit_code == 2
+    assert "reading features from columns x_1, x_2; this run would read features from columns x_2, x_1" in refused.output
+    assert "Rerun with the options of ingest 1 (its --map was not recorded)" in refused.output
+    run_cli("ingest", store, _features_csv(tmp_path / "b.csv", ["x_1", "x_2"], seed=1), "--logger", "a",
+            "--features", "x_*")
+    with duckdb.connect(str(store), read_only=True) as con:
+        assert con.execute("SELECT value FROM mval_meta").fetchall() == [(str(SCHEMA_VERSION),)]
+        assert con.execute("SELECT ingest_id, source_columns FROM ingests ORDER BY 1").fetchall() == [
+            (1, None), (2, {"action": "action", "propensity": "propensity", "reward": "reward"})]
