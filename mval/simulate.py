@@ -26,7 +26,7 @@ from mval.design import balanced_variance, solve_mval
 from mval.environments import BanditEnv
 from mval.estimators import LoggedData, estimate
 from mval.progress import progress
-from mval.reward_model import cross_fit_rewards, default_factory, design_matrix
+from mval.reward_model import cross_fit_rewards, fit_predict
 
 DESIGNS = ("mval", "target", "uniform", "pi0", "proposal")
 ESTIMATORS = {"balanced-ips": "ips", "balanced-dr": "dr"}
@@ -60,14 +60,8 @@ def fit_reward_model(env: BanditEnv, ctx: np.ndarray, action: np.ndarray, reward
 
     Logistic regression on [x, one-hot(a), x * one-hot(a)] (the default of `mval.reward_model`).
     """
-    k = env.n_actions
-    q_rows = cross_fit_rewards(action, reward, k, features=env.features[ctx], seed=seed)
-    if np.unique(reward).size < 2:  # nothing to learn: a constant
-        return q_rows, np.full((env.n_contexts, k), reward.mean())
-    model = default_factory(binary=True)().fit(design_matrix(env.features[ctx], action, k), reward)
-    pool = np.repeat(np.arange(env.n_contexts), k)
-    grid = design_matrix(env.features[pool], np.tile(np.arange(k), env.n_contexts), k)
-    return q_rows, model.predict_proba(grid)[:, 1].reshape(env.n_contexts, k)
+    q_rows = cross_fit_rewards(action, reward, env.n_actions, features=env.features[ctx], seed=seed)
+    return q_rows, fit_predict(env.features[ctx], action, reward, env.features, env.n_actions, binary=True)
 
 
 def design_policies(env: BanditEnv, s_hat: np.ndarray, n0: int, budget: int) -> dict[str, np.ndarray]:
