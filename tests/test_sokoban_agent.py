@@ -87,7 +87,7 @@ def test_a_few_imitation_and_actor_critic_updates_learn_tiny_levels_and_resume(t
     resumed = Trainer(longer, tmp_path / "run").run()
     assert resumed.updates == 33 and resumed.env_steps == 16 * 4 * 33
     assert "rl" in (tmp_path / "run" / "episodes.csv").read_text()
-    with pytest.raises(MvalError, match="different settings \\(lr\\)"):
+    with pytest.raises(MvalError, match=r"different settings \(--lr 0.01 \(run\) vs 0.5 \(now\)\)"):
         Trainer(TrainConfig(**{**longer.__dict__, "lr": 0.5}), tmp_path / "run")
     assert np.isfinite(resumed.recent_solve_rate)
 
@@ -214,3 +214,24 @@ def test_a_fresh_start_does_not_reuse_the_levels_of_a_run_killed_before_its_firs
     other = tmp_path / "other.txt"
     write_levels(other, stack_levels([parse_levels(t)[0] for t in TINY[:1]]))
     assert len(Trainer(replace(cfg, levels=str(other)), run).levels) == 1
+
+
+def test_training_levels_changed_in_the_run_folder_are_refused_on_resume(tmp_path):
+    _, longer = _two_update_run(tmp_path)
+    levels = tmp_path / "run" / "levels.txt"
+    levels.write_text(levels.read_text().replace("; 1", "; 2"))  # e.g. `mval curate -o run/levels.txt`
+    with pytest.raises(MvalError, match=r"run/levels.txt: not the training levels this run was checkpointed with"):
+        Trainer(longer, tmp_path / "run")
+
+
+def test_a_level_too_big_for_imitation_is_named_by_file_and_index(tmp_path, monkeypatch):
+    from functools import partial
+
+    from attribution.sokoban import train as train_module
+
+    monkeypatch.setattr(train_module, "state_distances", partial(train_module.state_distances, max_states=3))
+    write_levels(tmp_path / "tiny.txt", stack_levels([parse_levels(t)[0] for t in TINY]))
+    cfg = TrainConfig(levels=str(tmp_path / "tiny.txt"), agent=DRCConfig(1, 1, 4, 4, 7, hidden=16), num_envs=4,
+                      rollout=4, imitation_steps=16, max_steps=3)
+    with pytest.raises(MvalError, match=rf"^{tmp_path}/tiny.txt: level 0: level has more than 3 reachable states"):
+        Trainer(cfg, tmp_path / "run")

@@ -142,3 +142,104 @@ def test_a_probe_fit_on_another_agent_is_refused(levels, tiny, tmp_path, command
     fp = agent_fingerprint(load_agent(tiny / "agent0.safetensors"))
     assert result.exit_code == 2 and message.format(tiny=tiny, fp=fp) in result.output
     assert result.output.count("\n") == 1 and not list(tmp_path.iterdir())
+
+
+MIXED = "; 0\n######\n#@   #\n#  $.#\n#    #\n#$  .#\n######\n\n; 1\n######\n#@   #\n#  $.#\n#    #\n#    #\n######\n"
+TRAIN = ("train", "-o", "{tmp}/run", "--levels", "{levels}", "--layers", 1, "--ticks", 1, "--channels", 4,
+         "--num-envs", 4, "--rollout", 4, "--imitation-steps", 16)
+
+
+@pytest.mark.parametrize("args, message", [
+    ((*TRAIN, "--num-envs", 0), "--num-envs 0: must be at least 1"),
+    ((*TRAIN, "--rollout", 0), "--rollout 0: must be at least 1"),
+    ((*TRAIN, "--max-steps", 0), "--max-steps 0: must be at least 1"),
+    ((*TRAIN, "--imitation-steps", -5), "--imitation-steps -5: must be 0 or more"),
+    ((*TRAIN, "--imitation-steps", 0), "--imitation-steps 0 --rl-steps 0: nothing to train"),
+    ((*TRAIN, "--lr", -1), "--lr -1.0: must be more than 0"),
+    ((*TRAIN, "--threads", 0), "--threads 0: must be at least 1"),
+    ((*TRAIN, "--time-limit", -1), "--time-limit -1.0: must be more than 0 seconds"),
+    (("probe", "--levels", "{levels}", "--top", 0), "--top 0: must be at least 1"),
+    (("probe", "--levels", "{levels}", "-o", "{levels}"), "--output {levels}: is the --levels file this command reads"),
+    (("probe", "--levels", "{levels}", "--concept-out", "{levels}"), "--concept-out {levels}: is the --levels file"),
+    (("probe", "--levels", "{levels}", "--concept-out", "{tmp}/none/c.safetensors"), "folder {tmp}/none does not exist"),
+    (("probe", "--levels", "{levels}", "-o", "{tmp}/p.safetensors", "--concept-out", "{tmp}/./p.safetensors"),
+     "--concept-out {tmp}/./p.safetensors: is also -o"),
+    (("concept", "{probe}", "--agent", "{agent}", "--direction", "left", "-o", "{probe}"),
+     "--output {probe}: is the PROBE file this command reads; writing there would overwrite it"),
+    (("dataset", "{levels}", "-o", "{levels}"), "--output {levels}: is the SOURCE file this command reads"),
+    (("play", "--levels", "{levels}", "--render", "{levels}"), "--render {levels}: is the --levels file"),
+    (("play", "--levels", "{tmp}/mixed.txt"), "{tmp}/mixed.txt: levels have different box counts (level 0 has 2, "
+                                              "level 1 has 1)"),
+    (("play", "--levels", "{levels}", "--agent", "{tmp}/damaged.safetensors"),
+     "{tmp}/damaged.safetensors: damaged agent file (its config and weights do not make a DRC agent: DRCConfig"),
+], ids=["num-envs", "rollout", "max-steps", "imitation-steps", "no-steps", "lr", "threads", "time-limit", "top",
+        "probe-over-levels", "concept-out-over-levels", "concept-out-folder", "concept-out-is-o",
+        "concept-over-probe", "dataset-over-levels", "render-over-levels", "mixed-box-counts", "damaged-agent"])
+def test_bad_options_and_outputs_over_inputs_are_refused_in_one_line(levels, tiny, tmp_path, args, message):
+    """Exit 2 with one `Error:` line naming the flag or file, no traceback, and every input file left as it was."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    mine = tmp_path / "levels.txt"
+    shutil.copy(levels, mine)
+    shutil.copy(tiny / "move.safetensors", tmp_path / "probe.safetensors")
+    (tmp_path / "mixed.txt").write_text(MIXED)
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "damaged.safetensors"),
+              metadata={"format": "mval-sokoban-drc-1", "config": '{"layerz": 2}'})
+    names = {"levels": mine, "tmp": tmp_path, "probe": tmp_path / "probe.safetensors", "agent": tiny / "agent0.safetensors"}
+    before = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    result = run(*[str(a).format(**names) for a in args], ok=False)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
+    assert message.format(**names) in result.output
+    assert {p: p.read_bytes() for p in before} == before and not (tmp_path / "run" / "state.json").exists()
+
+
+def _train_args(out, levels) -> list:
+    return [out if a == "{tmp}/run" else levels if a == "{levels}" else a for a in TRAIN]
+
+
+def test_training_into_a_folder_of_other_files_is_refused_and_leaves_them(levels, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "levels.txt").write_text("my own levels\n")
+    (mine / "episodes.csv").write_text("my notes\n")
+    result = run(*_train_args(mine, levels), ok=False)
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert f"-o {mine}: folder holds files that are not a training run (episodes.csv, levels.txt)" in result.output
+    assert (mine / "levels.txt").read_text() == "my own levels\n" and (mine / "episodes.csv").read_text() == "my notes\n"
+    assert sorted(p.name for p in mine.iterdir()) == ["episodes.csv", "levels.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run(*_train_args(empty, levels))  # an empty folder is fine
+
+
+def test_ctrl_c_stops_training_after_a_whole_update_with_a_checkpoint_to_resume(levels, tmp_path, monkeypatch):
+    """A first Ctrl-C finishes the update, checkpoints and exits 130; rerunning the command resumes from there."""
+    import os
+    import signal
+
+    from attribution.sokoban import train as train_module
+
+    calls = {"n": 0}
+    real_step = train_module.SokobanVecEnv.step
+
+    def step_then_ctrl_c(self, actions):
+        calls["n"] += 1
+        if calls["n"] == 2:  # in the middle of the first update's rollout
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, actions)
+
+    monkeypatch.setattr(train_module.SokobanVecEnv, "step", step_then_ctrl_c)
+    handler = signal.getsignal(signal.SIGINT)
+    args = [*_train_args(tmp_path / "run", levels)[:-1], 160, "--format", "json"]
+    result = run(*args, ok=False)
+    assert result.exit_code == 130, result.output
+    assert f"Error: interrupted; checkpoint saved in {tmp_path}/run at 16 env steps" in result.output
+    assert signal.getsignal(signal.SIGINT) is handler
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["updates"] == 1 and state["env_steps"] == 16
+    monkeypatch.setattr(train_module.SokobanVecEnv, "step", real_step)
+    resumed = json.loads(run(*args).output)[0]
+    assert resumed["updates"] == 10 and resumed["env_steps"] == 160

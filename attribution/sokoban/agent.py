@@ -66,10 +66,12 @@ class DRC(nn.Module):
         z = torch.zeros(cfg.layers, batch, cfg.channels, cfg.height, cfg.width)
         return z, z.clone()
 
-    def check_board(self, height: int, width: int) -> None:
+    def check_board(self, height: int, width: int, levels: str = "", agent: str = "") -> None:
+        """Refuse boards of another size than the agent's (`levels`, `agent`: names for the message)."""
         if (height, width) != (self.config.height, self.config.width):
             raise MvalError(
-                f"levels are {height}x{width} but the agent was trained on "
+                f"{levels + ': ' if levels else ''}levels are {height}x{width} but the agent"
+                f"{' ' + agent if agent else ''} was trained on "
                 f"{self.config.height}x{self.config.width} boards; use levels of that size or train an agent for them"
             )
 
@@ -130,9 +132,17 @@ def agent_fingerprint(agent: DRC) -> str:
 
 def load_agent(path: str | Path | None = None) -> DRC:
     """A DRC from a safetensors file (weights only, never pickle); None: the shipped agent."""
-    meta, tensors = read_safetensors(path if path is not None else SHIPPED_AGENT, "agent file",
-                                     "give a file saved by `mval sokoban train`", "mval-sokoban-drc-1", "pt")
-    agent = DRC(DRCConfig(**json.loads(meta["config"])))
-    agent.load_state_dict(tensors)
+    path = path if path is not None else SHIPPED_AGENT
+    meta, tensors = read_safetensors(path, "agent file", "give a file saved by `mval sokoban train`",
+                                     "mval-sokoban-drc-1", "pt")
+    try:
+        config = DRCConfig(**json.loads(meta.get("config", "")))
+        agent = DRC(config)
+        agent.load_state_dict(tensors)
+    except (ValueError, TypeError, RuntimeError) as e:  # MvalError is a ValueError: a bad config value
+        reason = " ".join(str(e).split())
+        reason = reason if len(reason) <= 160 else reason[:157] + "..."
+        raise MvalError(f"{path}: damaged agent file (its config and weights do not make a DRC agent: {reason}); "
+                        "give a file saved by `mval sokoban train`") from e
     agent.eval()
     return agent

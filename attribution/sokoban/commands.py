@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import click
 import numpy as np
@@ -26,6 +27,17 @@ def _agent_option(f):
 def _levels_option(f):
     return click.option("--levels", "levels_path", required=True, type=click.Path(dir_okay=False),
                         help="Level file in Boxoban text format.")(f)
+
+
+def _refuse_overwriting(outputs: dict[str, str | None], inputs: dict[str, str | None]) -> None:
+    """Refuse an output path (`outputs`: flag -> path) that names one of the command's input files."""
+    for out_flag, out in outputs.items():
+        if out is None or not Path(out).exists():
+            continue
+        for in_flag, given in inputs.items():
+            if given is not None and Path(given).exists() and Path(out).samefile(given):
+                raise MvalError(f"{out_flag} {out}: is the {in_flag} file this command reads; writing there would "
+                                "overwrite it, choose another path")
 
 
 @click.group()
@@ -108,6 +120,10 @@ def train(out, levels_path, size, boxes, n_levels, min_length, layers, ticks, ch
     """
     from attribution.sokoban.train import Trainer, TrainConfig
 
+    if threads < 1:
+        raise MvalError(f"--threads {threads}: must be at least 1")
+    if time_limit is not None and not time_limit > 0:
+        raise MvalError(f"--time-limit {time_limit}: must be more than 0 seconds (leave it out for no limit)")
     torch.set_num_threads(threads)
     h, w = read_levels(levels_path).shape if levels_path is not None else (size, size)
     cfg = TrainConfig(
@@ -115,8 +131,13 @@ def train(out, levels_path, size, boxes, n_levels, min_length, layers, ticks, ch
         agent=DRCConfig(layers, ticks, channels, h, w), num_envs=num_envs, rollout=rollout,
         imitation_steps=imitation_steps, rl_steps=rl_steps, max_steps=max_steps, lr=lr, rl_lr=rl_lr, seed=seed,
     )
-    result = Trainer(cfg, out).run(time_limit=time_limit)
+    trainer = Trainer(cfg, out)
+    result = trainer.run(time_limit=time_limit)
     emit([result.to_dict()], fmt)
+    if trainer.interrupted:
+        click.echo(f"Error: interrupted; checkpoint saved in {out} at {result.env_steps} env steps "
+                   "(rerun the same command to resume)", err=True)
+        click.get_current_context().exit(130)
 
 
 @sokoban.command()
@@ -143,8 +164,11 @@ def play(levels_path, agent, thinking_steps, max_steps, render, render_level, pr
 
     if probe_path and render is None:
         raise MvalError(f"--probe {probe_path}: the probe's plan is drawn in the GIF; give --render FILE.gif too")
+    _refuse_overwriting({"--render": render},
+                        {"--levels": levels_path, "--agent": agent, "--probe": probe_path, "--store": store})
     lv = read_levels(levels_path)
     model = load_agent(agent)
+    model.check_board(*lv.shape, levels_path, agent or "(shipped)")
     probe = load_probe(probe_path, model, agent or SHIPPED) if probe_path else None
     r = rollout(model, lv, thinking_steps, max_steps)
     mean_steps = float(r.steps[r.solved].mean()) if r.solved.any() else float("nan")
@@ -171,7 +195,7 @@ def play(levels_path, agent, thinking_steps, max_steps, render, render_level, pr
 @click.option("--top", default=3, show_default=True, help="Single channels listed per direction.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), callback=output_file_option, default=None,
               help="Save the best single-layer probe (safetensors).")
-@click.option("--concept-out", type=click.Path(dir_okay=False), default=None,
+@click.option("--concept-out", type=click.Path(dir_okay=False), callback=output_file_option, default=None,
               help="Also save the best probe's --direction plan as a concept file for `mval score`.")
 @click.option("--direction", type=click.Choice(ACTIONS), default="left", show_default=True,
               help="Which push direction --concept-out saves.")
@@ -200,10 +224,16 @@ def probe(levels_path, agent, label, test_fraction, thinking_steps, top, output,
 
     if not 0 < test_fraction < 1:
         raise MvalError(f"--test-fraction {test_fraction}: must be between 0 and 1")
+    if top < 1:
+        raise MvalError(f"--top {top}: must be at least 1")
+    if output is not None and concept_out is not None and Path(output).resolve() == Path(concept_out).resolve():
+        raise MvalError(f"--concept-out {concept_out}: is also -o; give the probe and the concept different files")
+    _refuse_overwriting({"--output": output, "--concept-out": concept_out}, {"--levels": levels_path, "--agent": agent})
     lv = read_levels(levels_path)
     if len(lv) < 2:
         raise MvalError(f"{levels_path}: probing needs at least 2 levels (some to fit, some to test)")
     model = load_agent(agent)
+    model.check_board(*lv.shape, levels_path, agent or "(shipped)")
     data = probe_data(rollout(model, lv, thinking_steps, keep_states=True), label)
     fit, test = split_by_level(data, test_fraction, seed)
     scores, probes = evaluate_probes(fit, test, label)
@@ -258,6 +288,7 @@ def concept(probe_path, direction, agent, squares, output, fmt) -> None:
     from attribution.sokoban.concept_model import plan_concept
     from attribution.sokoban.probes import SHIPPED, load_probe
 
+    _refuse_overwriting({"--output": output}, {"PROBE": probe_path, "--agent": agent})
     model = load_agent(agent)
     made = plan_concept(load_probe(probe_path, model, agent or SHIPPED), direction, model.config.layers, squares)
     made.save(output)
@@ -286,8 +317,6 @@ def dataset(source, episodes, output, store, dataset_name, fmt) -> None:
       mval sokoban dataset run -o levels.jsonl --store runs.duckdb --dataset levels
       mval score runs.duckdb --model run/agent.safetensors --dataset levels --concept push-left.safetensors
     """
-    from pathlib import Path
-
     from attribution.examples import write_jsonl
     from attribution.sokoban.dataset import dataset_examples
 
@@ -295,6 +324,9 @@ def dataset(source, episodes, output, store, dataset_name, fmt) -> None:
         raise MvalError("give --store and --dataset together (or neither, to write only the JSON lines file)")
     if not Path(source).exists():
         raise MvalError(f"{source}: no such run folder or level file")
+    read = ({f"SOURCE {name}": str(Path(source) / name) for name in ("levels.txt", "episodes.jsonl")}
+            if Path(source).is_dir() else {"SOURCE": source})
+    _refuse_overwriting({"--output": output}, {**read, "--store": store})
     made, skipped = dataset_examples(source, episodes)
     write_jsonl(output, made)
     record = {"file": output, "examples": len(made), "skipped_levels": skipped, "episodes": episodes}
@@ -326,9 +358,11 @@ def edit(levels_path, agent, probe_path, strength, seed, fmt) -> None:
     from attribution.sokoban.intervene import edit_plan
     from attribution.sokoban.probes import SHIPPED, load_probe
 
+    lv = read_levels(levels_path)
     model = load_agent(agent)
+    model.check_board(*lv.shape, levels_path, agent or "(shipped)")
     probe = load_probe(probe_path, model, agent or SHIPPED)
-    result = edit_plan(model, read_levels(levels_path), probe, strength, seed=seed)
+    result = edit_plan(model, lv, probe, strength, seed=seed)
     if fmt == "json":
         click.echo(json.dumps(result.to_dict()))
     else:

@@ -83,9 +83,11 @@ def stack_levels(levels: Sequence[Level], optimal_length: Sequence[int] | None =
     """Stack levels of one box count, padding smaller ones with walls on the bottom/right."""
     if not levels:
         raise MvalError("no levels given; generate some with `mval sokoban levels`")
-    counts = {int(lv.boxes.sum()) for lv in levels}
-    if len(counts) > 1:
-        raise MvalError(f"levels have different box counts {sorted(counts)}; use one box count per level file")
+    counts = [int(lv.boxes.sum()) for lv in levels]
+    if len(set(counts)) > 1:
+        other = next(i for i, c in enumerate(counts) if c != counts[0])
+        raise MvalError(f"levels have different box counts (level 0 has {counts[0]}, level {other} has "
+                        f"{counts[other]}); use one box count per level file")
     h = max(lv.shape[0] for lv in levels)
     w = max(lv.shape[1] for lv in levels)
 
@@ -184,7 +186,12 @@ def read_levels(path: str | Path) -> LevelSet:
         raise MvalError(f"{path}: no such level file; make one with `mval sokoban levels -o {path}`")
     lines = path.read_bytes().splitlines(keepends=True)
     text = "".join(utf8_line(raw, f"{path} line {n}") for n, raw in enumerate(lines, start=1))
-    return stack_levels(parse_levels(text, str(path)))
+    try:
+        return stack_levels(parse_levels(text, str(path)))
+    except MvalError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise MvalError(f"{path}: {e}") from e
 
 
 def format_levels(levels: Iterable[Level], start: int = 0) -> str:

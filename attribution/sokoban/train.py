@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ from mval.files import file_sha256
 from mval.progress import progress
 
 EPISODE_FILES = ("episodes.csv", "episodes.jsonl")
+RUN_MARKER = ".mval-sokoban-run"  # written first into a fresh run folder: its other files are the run's own
 CHECKPOINT_FILES = ("agent.safetensors", "optimizer.safetensors")  # state.json records their sha256
 
 
@@ -70,6 +72,21 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        at_least_one = {"n_levels": self.n_levels, "num_envs": self.num_envs, "rollout": self.rollout,
+                        "max_steps": self.max_steps, "size": self.size, "boxes": self.boxes}
+        for name, value in at_least_one.items():
+            if value < 1:
+                raise MvalError(f"--{name.replace('_', '-')} {value}: must be at least 1")
+        for name in ("imitation_steps", "rl_steps"):
+            if getattr(self, name) < 0:
+                raise MvalError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be 0 or more")
+        if self.imitation_steps + self.rl_steps == 0:
+            raise MvalError("--imitation-steps 0 --rl-steps 0: nothing to train; give either a number of steps")
+        for name in ("lr", "rl_lr"):
+            if not getattr(self, name) > 0:
+                raise MvalError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be more than 0")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -92,9 +109,14 @@ class TrainResult:
         return asdict(self)
 
 
-def build_expert(levels: LevelSet) -> Expert:
-    """Exact distance tables of every level (a few ms per 6x6 two-box level)."""
-    tables = [state_distances(levels.level(i)) for i in progress(range(len(levels)), "solving levels", len(levels))]
+def build_expert(levels: LevelSet, source: str = "training levels") -> Expert:
+    """Exact distance tables of every level (a few ms per 6x6 two-box level); `source` names the levels in errors."""
+    tables = []
+    for i in progress(range(len(levels)), "solving levels", len(levels)):
+        try:
+            tables.append(state_distances(levels.level(i)))
+        except MvalError as e:
+            raise MvalError(f"{source}: level {i}: {e}") from e
     h, w = levels.shape
     return Expert.from_tables(tables, h * w, levels.n_boxes)
 
@@ -111,6 +133,40 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last: 
         adv[t] = running
         nxt = values[t]
     return adv, adv + values
+
+
+def _flag_change(key: str, saved, given) -> str:
+    """`--num-envs 4 (run) vs 8 (now)`: one setting a resume changed, named as its flag."""
+    flag = "--levels" if key == "levels" else f"--{key.replace('_', '-')}"
+    return f"{flag} {saved} (run) vs {given} (now)" if key != "agent" else f"agent shape {saved} (run) vs {given} (now)"
+
+
+class _StopFlag:
+    asked = False
+
+
+class _stop_on_interrupt:
+    """While active, a first Ctrl-C (SIGINT) only sets `.asked`, so training stops after the current update and
+    checkpoints; a second Ctrl-C interrupts at once. A no-op outside the main thread (signals go there only)."""
+
+    def __enter__(self) -> _StopFlag:
+        self.flag = _StopFlag()
+        self.installed = False
+        try:
+            previous = signal.signal(signal.SIGINT, self._ask)
+        except ValueError:  # not the main thread
+            return self.flag
+        self.installed = True
+        self.previous = previous if previous is not None else signal.default_int_handler  # None: set outside Python
+        return self.flag
+
+    def _ask(self, signum, frame) -> None:
+        self.flag.asked = True
+        signal.signal(signal.SIGINT, self.previous)
+
+    def __exit__(self, *exc) -> None:
+        if self.installed:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def _fsync(path: Path) -> None:
@@ -158,7 +214,8 @@ class Trainer:
     def __init__(self, config: TrainConfig, out: str | Path):
         self.config = config
         self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.interrupted = False
+        self._claim_folder()
         self._finish_checkpoint()
         state_file = self.out / "state.json"
         self.env_steps = 0
@@ -169,12 +226,18 @@ class Trainer:
             same = {k: v for k, v in saved["config"].items() if k not in lengths}
             wanted = {k: v for k, v in json.loads(json.dumps(config.to_dict())).items() if k not in lengths}
             if same != wanted:
-                changed = sorted(k for k in wanted if same.get(k) != wanted[k])
+                changed = ", ".join(_flag_change(k, same.get(k), wanted[k]) for k in sorted(wanted)
+                                    if same.get(k) != wanted[k])
                 raise MvalError(
-                    f"{self.out}: holds a run with different settings ({', '.join(changed)}); resume with the "
+                    f"{self.out}: holds a run with different settings ({changed}); resume with the "
                     "same options (only --imitation-steps/--rl-steps may grow) or use a new -o"
                 )
             self._check_checkpoint(saved.get("sha256", {}))
+            levels_digest = saved.get("levels_sha256")
+            cached = self.out / "levels.txt"
+            if levels_digest is not None and (not cached.is_file() or file_sha256(cached) != levels_digest):
+                raise MvalError(f"{cached}: not the training levels this run was checkpointed with (changed or "
+                                "removed since); restore them, or train into a new -o")
             self.env_steps, self.updates = saved["env_steps"], saved["updates"]
             self.agent = load_agent(self.out / "agent.safetensors")
             self.agent.train()
@@ -191,9 +254,25 @@ class Trainer:
         self.opt = torch.optim.Adam(self.agent.parameters(), lr=config.lr)
         if (self.out / "optimizer.safetensors").is_file() and self.updates:
             _load_adam_state(self.opt, self.agent, load_file(str(self.out / "optimizer.safetensors")))
-        self.expert = build_expert(self.levels) if config.imitation_steps > self.env_steps else None
+        self.level_source = config.levels or str(self.out / "levels.txt")  # names the levels in errors
+        self.expert = build_expert(self.levels, self.level_source) if config.imitation_steps > self.env_steps else None
         self.solved_recent: list[float] = []
         self.recent_ce: list[float] = []
+
+    def _claim_folder(self) -> None:
+        """Create the run folder, or accept an existing one that is empty or holds a run (state.json, or the
+        marker a fresh run writes first); refuse any other folder, whose files a fresh run would replace."""
+        if self.out.exists() and not self.out.is_dir():
+            raise MvalError(f"-o {self.out}: is a file; give a run folder (new, or one to resume)")
+        marker = self.out / RUN_MARKER
+        if self.out.is_dir() and not marker.exists() and not (self.out / "state.json").exists():
+            theirs = sorted(p.name for p in self.out.iterdir())
+            if theirs:
+                shown = ", ".join(theirs[:3]) + (", ..." if len(theirs) > 3 else "")
+                raise MvalError(f"-o {self.out}: folder holds files that are not a training run ({shown}); a run "
+                                "writes levels.txt, agent.safetensors, episodes.* there: give a new or empty folder")
+        self.out.mkdir(parents=True, exist_ok=True)
+        marker.touch()
 
     def _levels(self) -> LevelSet:
         cached = self.out / "levels.txt"
@@ -266,7 +345,8 @@ class Trainer:
         files = {name: self.out / name for name in EPISODE_FILES}
         sizes = {name: path.stat().st_size if path.is_file() else 0 for name, path in files.items()}
         state = {"config": self.config.to_dict(), "env_steps": self.env_steps, "updates": self.updates,
-                 "episode_bytes": sizes, "sha256": {name: file_sha256(staged[name]) for name in CHECKPOINT_FILES}}
+                 "episode_bytes": sizes, "sha256": {name: file_sha256(staged[name]) for name in CHECKPOINT_FILES},
+                 "levels_sha256": file_sha256(self.out / "levels.txt")}
         for name in CHECKPOINT_FILES:
             _fsync(staged[name])
         with staged["state.json"].open("w") as f:
@@ -316,88 +396,92 @@ class Trainer:
         start_time = last_save = time.time()
         first_steps = self.env_steps
         n_updates = max(0, -(-(total - self.env_steps) // per_update))
-        for _ in progress(range(n_updates), "training", n_updates):
-            imitation = self.env_steps < cfg.imitation_steps
-            if imitation and self.expert is None:
-                self.expert = build_expert(self.levels)
-            for g in self.opt.param_groups:
-                g["lr"] = cfg.lr if imitation else cfg.rl_lr
-            beta = max(0.0, 0.5 - self.env_steps / cfg.imitation_steps) if imitation else 0.0
-            logits_l, values_l, actions_l, rewards_l, dones_l, masks_l = [], [], [], [], [], []
-            for _ in range(cfg.rollout):
-                state = reset_where(state, starts)
-                logits, value, state = self.agent.step(torch.from_numpy(obs), state)
+        with _stop_on_interrupt() as stop:
+            for _ in progress(range(n_updates), "training", n_updates):
+                if stop.asked:  # a Ctrl-C: stop after a whole update and checkpoint
+                    break
+                imitation = self.env_steps < cfg.imitation_steps
+                if imitation and self.expert is None:
+                    self.expert = build_expert(self.levels, self.level_source)
+                for g in self.opt.param_groups:
+                    g["lr"] = cfg.lr if imitation else cfg.rl_lr
+                beta = max(0.0, 0.5 - self.env_steps / cfg.imitation_steps) if imitation else 0.0
+                logits_l, values_l, actions_l, rewards_l, dones_l, masks_l = [], [], [], [], [], []
+                for _ in range(cfg.rollout):
+                    state = reset_where(state, starts)
+                    logits, value, state = self.agent.step(torch.from_numpy(obs), state)
+                    with torch.no_grad():
+                        actions = torch.multinomial(logits.softmax(-1), 1, generator=sampler).squeeze(1).numpy()
+                    if imitation:
+                        mask, dist = self.expert.optimal_actions(env.level_ids, env.boards)
+                        follow = (rng.random(cfg.num_envs) < beta) & mask.any(1)
+                        choice = (rng.random(mask.shape) * mask).argmax(1)
+                        actions = np.where(follow, choice, actions)
+                        masks_l.append(torch.from_numpy(mask))
+                    playing = env.level_ids.copy()
+                    taught = np.where(mask.any(1), choice, -1) if imitation else actions
+                    obs, reward, term, trunc, info = env.step(actions)
+                    done = term | trunc
+                    if imitation:
+                        dead = np.flatnonzero((dist < 0) & ~done)
+                        if len(dead):
+                            ended = np.where(np.isin(np.arange(cfg.num_envs), dead), env.level_ids, -1)
+                            lengths = np.where(ended >= 0, env.steps, -1)
+                            returns = np.where(ended >= 0, env.returns, np.nan)
+                            self._record(
+                                {"level_id": ended, "length": lengths, "return": returns, "solved": np.zeros_like(done)},
+                                "imitation",
+                            )
+                            env.restart(dead)
+                            obs = env.boards.observation()
+                            done[dead] = True
+                    if "episode" in info:
+                        self._record(info["episode"], "imitation" if imitation else "rl")
+                    for i in range(cfg.num_envs):
+                        self._moves[i].append((int(actions[i]), int(taught[i]), round(float(reward[i]), 2)))
+                    if done.any():
+                        self._record_moves(np.flatnonzero(done), playing, term, "imitation" if imitation else "rl")
+                    logits_l.append(logits)
+                    values_l.append(value)
+                    actions_l.append(torch.from_numpy(actions))
+                    rewards_l.append(torch.from_numpy(reward))
+                    dones_l.append(torch.from_numpy(done.astype(np.float32)))
+                    starts = torch.from_numpy(done)
                 with torch.no_grad():
-                    actions = torch.multinomial(logits.softmax(-1), 1, generator=sampler).squeeze(1).numpy()
+                    _, last_value, _ = self.agent.step(torch.from_numpy(obs), reset_where(state, starts))
+                logits = torch.stack(logits_l)
+                values = torch.stack(values_l)
+                rewards = torch.stack(rewards_l) * cfg.reward_scale
+                dones = torch.stack(dones_l)
+                adv, returns = gae(rewards, values.detach(), dones, last_value, cfg.gamma, cfg.gae_lambda)
+                logp = F.log_softmax(logits, -1)
+                loss = cfg.value_coef * F.mse_loss(values, returns)
                 if imitation:
-                    mask, dist = self.expert.optimal_actions(env.level_ids, env.boards)
-                    follow = (rng.random(cfg.num_envs) < beta) & mask.any(1)
-                    choice = (rng.random(mask.shape) * mask).argmax(1)
-                    actions = np.where(follow, choice, actions)
-                    masks_l.append(torch.from_numpy(mask))
-                playing = env.level_ids.copy()
-                taught = np.where(mask.any(1), choice, -1) if imitation else actions
-                obs, reward, term, trunc, info = env.step(actions)
-                done = term | trunc
-                if imitation:
-                    dead = np.flatnonzero((dist < 0) & ~done)
-                    if len(dead):
-                        ended = np.where(np.isin(np.arange(cfg.num_envs), dead), env.level_ids, -1)
-                        lengths = np.where(ended >= 0, env.steps, -1)
-                        returns = np.where(ended >= 0, env.returns, np.nan)
-                        self._record(
-                            {"level_id": ended, "length": lengths, "return": returns, "solved": np.zeros_like(done)},
-                            "imitation",
-                        )
-                        env.restart(dead)
-                        obs = env.boards.observation()
-                        done[dead] = True
-                if "episode" in info:
-                    self._record(info["episode"], "imitation" if imitation else "rl")
-                for i in range(cfg.num_envs):
-                    self._moves[i].append((int(actions[i]), int(taught[i]), round(float(reward[i]), 2)))
-                if done.any():
-                    self._record_moves(np.flatnonzero(done), playing, term, "imitation" if imitation else "rl")
-                logits_l.append(logits)
-                values_l.append(value)
-                actions_l.append(torch.from_numpy(actions))
-                rewards_l.append(torch.from_numpy(reward))
-                dones_l.append(torch.from_numpy(done.astype(np.float32)))
-                starts = torch.from_numpy(done)
-            with torch.no_grad():
-                _, last_value, _ = self.agent.step(torch.from_numpy(obs), reset_where(state, starts))
-            logits = torch.stack(logits_l)
-            values = torch.stack(values_l)
-            rewards = torch.stack(rewards_l) * cfg.reward_scale
-            dones = torch.stack(dones_l)
-            adv, returns = gae(rewards, values.detach(), dones, last_value, cfg.gamma, cfg.gae_lambda)
-            logp = F.log_softmax(logits, -1)
-            loss = cfg.value_coef * F.mse_loss(values, returns)
-            if imitation:
-                mask = torch.stack(masks_l)
-                rows = mask.any(-1)
-                ce = -(torch.logsumexp(logp.masked_fill(~mask, -1e9), -1))[rows]
-                if len(ce):
-                    loss = loss + ce.mean()
-                    self.recent_ce = (self.recent_ce + [float(ce.mean().detach())])[-5:]
-            else:
-                taken = logp.gather(-1, torch.stack(actions_l)[..., None]).squeeze(-1)
-                norm_adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                entropy = -(logp.exp() * logp).sum(-1).mean()
-                loss = loss - (taken * norm_adv).mean() - cfg.entropy_coef * entropy
-            self.opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.agent.parameters(), cfg.max_grad_norm)
-            self.opt.step()
-            state = (state[0].detach(), state[1].detach())
-            self.env_steps += per_update
-            self.updates += 1
-            now = time.time()
-            if now - last_save > checkpoint_seconds:
-                self.save()
-                last_save = now
-            if time_limit is not None and now - start_time > time_limit:
-                break
+                    mask = torch.stack(masks_l)
+                    rows = mask.any(-1)
+                    ce = -(torch.logsumexp(logp.masked_fill(~mask, -1e9), -1))[rows]
+                    if len(ce):
+                        loss = loss + ce.mean()
+                        self.recent_ce = (self.recent_ce + [float(ce.mean().detach())])[-5:]
+                else:
+                    taken = logp.gather(-1, torch.stack(actions_l)[..., None]).squeeze(-1)
+                    norm_adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                    entropy = -(logp.exp() * logp).sum(-1).mean()
+                    loss = loss - (taken * norm_adv).mean() - cfg.entropy_coef * entropy
+                self.opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.agent.parameters(), cfg.max_grad_norm)
+                self.opt.step()
+                state = (state[0].detach(), state[1].detach())
+                self.env_steps += per_update
+                self.updates += 1
+                now = time.time()
+                if now - last_save > checkpoint_seconds:
+                    self.save()
+                    last_save = now
+                if time_limit is not None and now - start_time > time_limit:
+                    break
+        self.interrupted = stop.asked
         self.save()
         seconds = time.time() - start_time
         return TrainResult(
