@@ -61,7 +61,7 @@ class MvalGroup(click.Group):
         except (KeyboardInterrupt, click.Abort, duckdb.InterruptException, RuntimeError) as e:
             if isinstance(e, RuntimeError) and str(e) != "Query interrupted":  # DuckDB's word for a Ctrl-C
                 raise
-            click.echo("Error: interrupted; the store keeps only whole writes (rerun the command to finish)", err=True)
+            click.echo("Error: interrupted; rerun the command to finish (a store keeps only whole writes)", err=True)
             ctx.exit(130)
         except OSError as e:  # a file the user named could not be read or written (permissions, full disk)
             if e.filename is None:

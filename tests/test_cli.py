@@ -149,5 +149,5 @@ def test_ctrl_c_during_a_duckdb_query_is_one_line_and_exit_130():
     for command in ("count", "signalled"):
         result = CliRunner().invoke(group, [command])
         assert result.exit_code == 130 and "Traceback" not in result.output, result.output
-        assert result.output == "Error: interrupted; the store keeps only whole writes (rerun the command to finish)\n"
+        assert result.output == "Error: interrupted; rerun the command to finish (a store keeps only whole writes)\n"
     assert isinstance(CliRunner().invoke(group, ["broken"]).exception, RuntimeError)  # other errors are not hidden
