@@ -167,6 +167,7 @@ TRAIN = ("train", "-o", "{tmp}/run", "--levels", "{levels}", "--layers", 1, "--t
     (("concept", "{probe}", "--agent", "{agent}", "--direction", "left", "-o", "{probe}"),
      "--output {probe}: is the PROBE file this command reads; writing there would overwrite it"),
     (("dataset", "{levels}", "-o", "{levels}"), "--output {levels}: is the SOURCE file this command reads"),
+    (("dataset", "{levels}", "-o", "{tmp}/d.txt"), "-o {tmp}/d.txt: unknown file type .txt; use .jsonl, .ndjson"),
     (("play", "--levels", "{levels}", "--render", "{levels}"), "--render {levels}: is the --levels file"),
     (("play", "--levels", "{tmp}/mixed.txt"), "{tmp}/mixed.txt: levels have different box counts (level 0 has 2, "
                                               "level 1 has 1)"),
@@ -174,7 +175,7 @@ TRAIN = ("train", "-o", "{tmp}/run", "--levels", "{levels}", "--layers", 1, "--t
      "{tmp}/damaged.safetensors: damaged agent file (its config and weights do not make a DRC agent: DRCConfig"),
 ], ids=["num-envs", "rollout", "max-steps", "imitation-steps", "no-steps", "lr", "threads", "time-limit", "top",
         "probe-over-levels", "concept-out-over-levels", "concept-out-folder", "concept-out-is-o",
-        "concept-over-probe", "dataset-over-levels", "render-over-levels", "mixed-box-counts", "damaged-agent"])
+        "concept-over-probe", "dataset-over-levels", "dataset-txt", "render-over-levels", "mixed-box-counts", "damaged-agent"])
 def test_bad_options_and_outputs_over_inputs_are_refused_in_one_line(levels, tiny, tmp_path, args, message):
     """Exit 2 with one `Error:` line naming the flag or file, no traceback, and every input file left as it was."""
     import shutil

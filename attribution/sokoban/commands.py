@@ -13,7 +13,7 @@ import torch
 from attribution.sokoban.agent import DRCConfig, agent_fingerprint, load_agent
 from attribution.sokoban.levels import ACTIONS, generate_levels, read_levels, write_levels
 from mval.errors import MvalError
-from mval.files import output_file_option
+from mval.files import check_output_path, output_file_option
 from mval.output import emit, format_option, stderr
 
 
@@ -327,6 +327,7 @@ def dataset(source, episodes, output, store, dataset_name, fmt) -> None:
     read = ({f"SOURCE {name}": str(Path(source) / name) for name in ("levels.txt", "episodes.jsonl")}
             if Path(source).is_dir() else {"SOURCE": source})
     _refuse_overwriting({"--output": output}, {**read, "--store": store})
+    check_output_path(output, (".jsonl", ".ndjson"))  # JSON lines: `mval curate -o .txt` means level text
     made, skipped = dataset_examples(source, episodes)
     write_jsonl(output, made)
     record = {"file": output, "examples": len(made), "skipped_levels": skipped, "episodes": episodes}
