@@ -102,7 +102,7 @@ def curate(con: duckdb.DuckDBPyConnection, dataset: str, method: str, out: str |
         cut = f"--drop-top {drop_top}" if drop_top is not None else f"--drop-above {drop_above}"
         raise MvalError(f"{cut}: drops all {len(examples)} examples of dataset {dataset!r}, leaving nothing to "
                         f"train on; give a {'smaller --drop-top' if drop_top is not None else 'higher --drop-above'}")
-    if out.suffix == ".txt":
+    if out.suffix.lower() == ".txt":
         from attribution.sokoban.dataset import write_level_file
 
         write_level_file(out, kept)

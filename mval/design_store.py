@@ -327,7 +327,7 @@ def _second_moments(est: LogEstimates, estimator: str, table: str | Path | pl.Da
                     target_pis: list[np.ndarray]) -> np.ndarray:
     if table is None:
         return est.second if estimator == "ips" else np.maximum(est.second - est.mean**2, 0.0)
-    frame = table if isinstance(table, pl.DataFrame) else read_frame(table)  # all values type a column
+    frame = table if isinstance(table, pl.DataFrame) else read_frame(table, text=("context_id",))
     where = str(table) if not isinstance(table, pl.DataFrame) else "second-moment table"
     missing = [c for c in ("context_id", "action", "s") if c not in frame.columns]
     if missing:

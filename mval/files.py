@@ -127,16 +127,18 @@ def relation_for_file(con: duckdb.DuckDBPyConnection, path: str | Path, as_text:
 # the type of a CSV or JSON column that every value (trimmed; empty is missing) has: (type, SQL test of one value $x)
 _WHOLE_FILE_TYPES = (
     ("BIGINT", "regexp_full_match($x, '[+-]?[0-9]{1,18}')"),  # not TRY_CAST: DuckDB casts '1.5' to the BIGINT 2
+    ("HUGEINT", "regexp_full_match($x, '[+-]?[0-9]{1,38}')"),  # 19-digit ids stay exact (a DOUBLE would merge them)
     ("DOUBLE", "TRY_CAST($x AS DOUBLE) IS NOT NULL"),
     ("BOOLEAN", "lower($x) IN ('true', 'false')"),
 )
 
 
-def read_frame(path: str | Path) -> pl.DataFrame:
+def read_frame(path: str | Path, text: tuple[str, ...] = ()) -> pl.DataFrame:
     """A whole file as a polars frame, refused as `relation_for_file` refuses it (names alike, ragged CSV
     lines). A CSV or JSON column gets the type that every one of its values has (an integer, a number,
     true/false, else text), found in one scan of the file: DuckDB's reader guesses from a sample and would
-    read a 1.5 after 20,000 integers as 2. Parquet keeps its types."""
+    read a 1.5 after 20,000 integers as 2. The columns named in `text` stay text (ids: "007" is not 7).
+    Parquet keeps its types. Empty or blank CSV/JSON values are missing."""
     import polars as pl  # here: polars costs the commands that never read a frame a fraction of a second
 
     con = duckdb.connect()
@@ -153,7 +155,7 @@ def read_frame(path: str | Path) -> pl.DataFrame:
         for i, (column, value) in enumerate(values.items()):
             n = len(_WHOLE_FILE_TYPES)
             kinds = [kind for (kind, _), fit in zip(_WHOLE_FILE_TYPES, fits[n * i:n * (i + 1)]) if fit]
-            select.append(f"CAST({value} AS {kinds[0]})" if kinds else sql_ident(column))
+            select.append(value if column in text else f"CAST({value} AS {kinds[0]})" if kinds else sql_ident(column))
         return con.sql(f"SELECT {', '.join(f'{e} AS {sql_ident(c)}' for e, c in zip(select, values))} "
                        "FROM file_text").pl()
     except duckdb.Error as e:
@@ -215,15 +217,15 @@ def _check_csv_width(con: duckdb.DuckDBPyConnection, path: Path, dialect: dict, 
     the first line's delimiter and width, to find the line. (A header after a preamble line, which the
     sniffer skips and reads as a header, is left alone.) A ragged line past the sample fails the reader's
     own scan instead (see `read_error`)."""
+    if dialect["has_header"] and width > 1:
+        return  # a header of several columns: no ragged line in the sample (a header cell may hold ';' or '|')
     with path.open("rb") as f:
         first = utf8_line(f.readline(), f"{path} line 1").removeprefix("\ufeff").rstrip("\r\n")
-    delimiter = max(",\t;|", key=first.count)
-    if delimiter not in first or (dialect["has_header"] and dialect["delim"] == delimiter):
-        return  # one column, or the sniffer agrees with the first line
-    header = next(csv.reader([first], delimiter=delimiter))
-    if len(header) == width:
-        return
-    columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(header))) + "}"
+    fields = {d: len(next(csv.reader([first], delimiter=d))) for d in ",\t;|"}  # quoted delimiters do not count
+    delimiter = max(fields, key=lambda d: (fields[d], d == dialect["delim"]))
+    if fields[delimiter] == 1 or fields[delimiter] == width:
+        return  # one column, or the first line's width
+    columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(fields[delimiter])) + "}"
     try:
         con.execute(f"SELECT count(*) FROM read_csv(?, auto_detect = false, header = true, delim = ?, "
                     f"quote = '\"', escape = '\"', columns = {columns})", [str(path), delimiter])

@@ -123,6 +123,23 @@ def test_second_moment_table_and_context_free_log(store, tmp_path):
     np.testing.assert_allclose(result.policy["prob"].to_numpy(), [0.0, 1.0], atol=1e-12)
 
 
+def test_second_moment_context_ids_are_matched_as_text(store, tmp_path):
+    """Ids that look like numbers: "007" was read as 7 and a 19-digit id as a float, so their rows matched no
+    context of the log and were dropped silently (the defaults were used)."""
+    long_id = "1234567890123456789"
+    with open_store(store) as con:
+        con.execute("INSERT INTO events SELECT i, 1, 'uni', CASE WHEN i % 4 < 2 THEN '007' ELSE ? END, NULL, i % 2, "
+                    "0.5, (i % 3 = 0)::DOUBLE, [0.5, 0.5], NULL, NULL, NULL FROM range(40) t(i)", [long_id])
+        as_ingested(con, 1, "uni", 40)
+        (tmp_path / "t.csv").write_text("context_id,action,prob\n,0,0.5\n,1,0.5\n")
+        add_policy(con, "T", tmp_path / "t.csv")
+        (tmp_path / "s.csv").write_text(f"context_id,action,s\n,0,1\n,1,1\n007,0,100\n007,1,0.01\n"
+                                        f"{long_id},0,0.01\n{long_id},1,100\n")
+        result = design_logging_policy(con, ["T"], 40, second_moment_table=tmp_path / "s.csv")
+    pi1 = {(c, a): p for c, a, p in result.policy.select("context_id", "action", "prob").iter_rows()}
+    assert pi1[("007", 0)] > 0.9 and pi1[(long_id, 1)] > 0.9  # the context's own s, not the defaults (1, 1)
+
+
 def test_command_saves_and_writes(store, tmp_path):
     fill(store, tmp_path)
     out = tmp_path / "next.csv"

@@ -956,3 +956,12 @@ def test_a_long_list_of_feature_columns_is_named_by_a_query(store, tmp_path):
         with pytest.raises(MvalError, match=r"gather the same columns in the same order \(--features with the 20 "
                                             r"columns of SELECT feature_columns FROM ingests WHERE ingest_id = 1\), "):
             ingest_file(con, _features_file(tmp_path / "b.csv", names[::-1]), "b", features=names[::-1])
+
+
+def test_a_header_cell_holding_other_delimiters_is_not_taken_for_a_ragged_line(store, tmp_path):
+    """The ragged-line check guessed the delimiter by counting characters: a quoted header cell with four
+    semicolons made it read the file as ';'-separated and refuse line 2."""
+    path = tmp_path / "semi.csv"
+    path.write_text('action,propensity,reward,"score;v1;v2;v3;v4"\n' + "0,0.5,1,7\n" * 50)
+    with open_store(store) as con:
+        assert ingest_file(con, path, "a").rows == 50

@@ -273,3 +273,13 @@ def test_the_shared_reader_types_a_column_by_every_value_not_a_sample(tmp_path):
     assert read_frame(tmp_path / "d.jsonl").row(-1) == (1.5, 1)
     (tmp_path / "h.csv").write_text("x,y\n")  # no values: numbers, so that the label's classes are what is missing
     assert read_frame(tmp_path / "h.csv").schema == pl.Schema({"x": pl.Int64, "y": pl.Int64})
+
+
+def test_read_frame_keeps_19_digit_integers_exact_and_text_columns_as_text(tmp_path):
+    """A 19-digit integer was read as a float: 1234567890123456789 and ...788 became one value."""
+    from mval.files import read_frame
+
+    (tmp_path / "d.csv").write_text("id,label,x\n007,1234567890123456789,1\n008,1234567890123456788,2\n")
+    frame = read_frame(tmp_path / "d.csv", text=("id",))
+    assert frame["label"].to_list() == [1234567890123456789, 1234567890123456788]
+    assert frame["id"].to_list() == ["007", "008"] and frame["x"].to_list() == [1, 2]

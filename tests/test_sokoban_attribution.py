@@ -198,6 +198,9 @@ def test_mval_score_probe_gradient_random_resume_and_curate(level_file, concept_
     flagged = set(sorted(after, key=after.get, reverse=True)[:2])
     assert len(kept) == 4 and {level_id(kept.level(i)) for i in range(4)} == set(by_hand) - flagged
     assert out.read_text().startswith("; 0\n")
+    upper = tmp_path / "KEPT.TXT"  # the suffix check took .TXT as level text, the writer wrote JSON lines
+    mval("curate", store, "--dataset", "levels", "--method", "gradient", "--drop-top", 2, "-o", upper)
+    assert upper.read_text() == out.read_text()
 
 
 def test_bad_input_is_refused_in_one_line(level_file, concept_file, tmp_path):
