@@ -507,10 +507,17 @@ def ingest_file(
     if seen and seen[0][1] != logger:
         _already_ingested(path, logger, *seen[0][:2])  # refused: one file's events cannot come from two loggers
     types = dict(zip(rel.columns, (str(t) for t in rel.types)))
-    if fmt == "obd":
-        staging = _obd_columns(rel.columns, types, path)
-    else:
-        staging = _generic_columns(rel.columns, types, path, mapping or {}, features)
+    try:
+        if fmt == "obd":
+            staging = _obd_columns(rel.columns, types, path)
+        else:
+            staging = _generic_columns(rel.columns, types, path, mapping or {}, features)
+    except MvalError as e:  # a rerun that forgot the options the file was ingested with (--format obd, say)
+        if not seen:
+            raise
+        ingest_id, _, *earlier = seen[0]
+        raise MvalError(f"{path}: already ingested as ingest {ingest_id} ({Reading(*earlier).options(rel.columns)}); "
+                        f"nothing added. This run could not read it: {str(e).removeprefix(f'{path}: ')}") from e
     reading = Reading(fmt, staging.sources, staging.feature_columns or None)
     if seen:
         ingest_id, stored_logger, *earlier = seen[0]

@@ -965,3 +965,16 @@ def test_a_header_cell_holding_other_delimiters_is_not_taken_for_a_ragged_line(s
     path.write_text('action,propensity,reward,"score;v1;v2;v3;v4"\n' + "0,0.5,1,7\n" * 50)
     with open_store(store) as con:
         assert ingest_file(con, path, "a").rows == 50
+
+
+def test_a_rerun_without_the_format_it_was_ingested_with_names_that_ingest(store, tmp_path):
+    """It said `missing column action ... --map action=FILE_COLUMN`, as if the file were new."""
+    path = tmp_path / "obd.csv"
+    affinities = ",".join(f"user-item_affinity_{i}" for i in range(3))
+    path.write_text(f",timestamp,item_id,position,click,propensity_score,user_feature_0,{affinities}\n"
+                    "0,2019-11-24 00:00:00+00:00,1,1,0,0.3,a,0.1,0.2,0.3\n")
+    with open_store(store) as con:
+        assert ingest_file(con, path, "r", "obd").rows == 1
+        with pytest.raises(MvalError, match=r"already ingested as ingest 1 \(--format obd\); nothing added\. This run "
+                                            r"could not read it: missing column"):
+            ingest_file(con, path, "r")
