@@ -17,6 +17,7 @@ import duckdb
 
 from attribution.examples import Example, load_examples, write_jsonl
 from mval.errors import MvalError
+from mval.files import check_output_path
 
 
 OUTPUT_SUFFIXES = (".jsonl", ".ndjson", ".txt")
@@ -89,8 +90,7 @@ def curate(con: duckdb.DuckDBPyConnection, dataset: str, method: str, out: str |
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise MvalError(f"-o {out}: unknown file type {out.suffix or '(none)'}; curate writes JSON lines (.jsonl), "
                         "or a Boxoban level file (.txt) for a Sokoban level dataset")
-    if not out.parent.exists():
-        raise MvalError(f"-o {out}: folder {out.parent} does not exist; create it first")
+    check_output_path(out)
     examples = load_examples(con, dataset)
     if drop_top is not None and drop_top > len(examples):
         raise MvalError(f"--drop-top {drop_top}: dataset {dataset!r} has only {len(examples)} examples; "

@@ -226,13 +226,17 @@ class Estimator:
     def ess_weights(self, data: LoggedData) -> np.ndarray:
         return np.ones_like(data.reward)
 
+    def value(self, data: LoggedData) -> float:
+        """The estimate from all rows."""
+        return float(self.combine(data.logger_sums(self.columns(data)), data.logger_sizes))
+
     def replicates(self, data: LoggedData, n_boot: int, seed: int, value: float) -> np.ndarray:
         """n_boot bootstrap estimates (`value`: the estimate from all rows)."""
         return bootstrap(self, data, n_boot, seed)
 
     def estimate(self, data: LoggedData, n_boot: int = 0, seed: int = 0, level: float = 0.95) -> Estimate:
         """Estimate, stratified standard error, normal interval and (n_boot > 0) percentile bootstrap."""
-        value = float(self.combine(data.logger_sums(self.columns(data)), data.logger_sizes))
+        value = self.value(data)
         se = float(np.sqrt(stratified_variance(data, self.influence(data, value))))
         z = float(norm.ppf(0.5 + level / 2))
         boot_low = boot_high = None
@@ -421,8 +425,7 @@ class DM(Estimator):
 
     def replicates(self, data: LoggedData, n_boot: int, seed: int, value: float) -> np.ndarray:
         dr = self._spread(data)
-        return bootstrap(dr, data, n_boot, seed) + value - float(dr.combine(data.logger_sums(dr.columns(data)),
-                                                                            data.logger_sizes))
+        return bootstrap(dr, data, n_boot, seed) + value - dr.value(data)
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,18 @@ FLOAT_ID = ("an integer or text id, not a float",
             "integers or text (pandas: df[{column!r}].astype('Int64') before writing)")
 
 
+def more_rows(count: int) -> str:
+    """` (N more rows like it)` after the first of `count` rows that break one rule, or nothing for one row."""
+    return f" ({count - 1} more rows like it)" if count > 1 else ""
+
+
+def bad_rows(path: str | Path, row: int, column: str, must_be: str, value: object, count: int, fix: str) -> MvalError:
+    """`FILE: row R, column C: must be M, found V (N more rows like it); FIX`: the first of `count` rows whose
+    `column` breaks a rule, its `value` as the file writes it (None: missing)."""
+    found = "found missing" if value is None else f"found {value}"
+    return MvalError(f"{path}: row {row}, column {column}: must be {must_be}, {found}{more_rows(count)}; {fix}")
+
+
 def key_text_sql(path: str | Path, column: str, dtype: str) -> str:
     """SQL for an id column (a context or event id) as text; ids are compared as text, so a column of
     floats or fractional decimals is refused: its 1.0 would be another id than 1 in an integer or text

@@ -35,8 +35,8 @@ from pathlib import Path
 import duckdb
 
 from mval.errors import MvalError
-from mval.files import (FLOAT_ID, file_reader, file_sha256, key_text_sql, read_error, relation_for_file, sql_ident,
-                        table_sql)
+from mval.files import (FLOAT_ID, bad_rows, file_reader, file_sha256, key_text_sql, more_rows, read_error,
+                        relation_for_file, sql_ident, table_sql)
 from mval.store import add_event_cells, load_sql, transaction
 
 FORMATS = ("generic", "obd")
@@ -339,12 +339,7 @@ def _first_violation(con: duckdb.DuckDBPyConnection, path: Path, rule: str, coun
     if rule == "bad_features" and staging.feature_columns:  # one element of the row: name its column
         bad = next(i for i, f in enumerate(features) if f is None or not math.isfinite(f))
         name, value, (must_be, fix) = staging.feature_columns[bad], texts[bad], _BAD_GATHERED
-        found = "found missing" if value is None else f"found {value}"
-    else:
-        found = "found missing" if value is None else f"found {value}"
-    more = f" ({count - 1} more rows like it)" if count > 1 else ""
-    return MvalError(f"{path}: row {row}, column {name}: must be {must_be}, {found}{more}; "
-                     f"{fix.format(column=name)}")
+    return bad_rows(path, row, name, must_be, value, count, fix.format(column=name))
 
 
 def _validate(con: duckdb.DuckDBPyConnection, path: Path, staging: Staging) -> int:
@@ -380,12 +375,11 @@ def _known_events(con: duckdb.DuckDBPyConnection, path: Path, column: str, logge
     with other content; returns the number of rows already stored (skipped)."""
     missing, missing_row, repeated, row, event_id, first_row = con.execute(load_sql("ingest_event_ids")).fetchall()[0]
     if missing:
-        more = f" ({missing - 1} more rows like it)" if missing > 1 else ""
-        raise MvalError(f"{path}: row {missing_row}, column {column}: must be an event id, found missing{more}; "
-                        "give every row its id, or leave the ids unread with --map event_id= (no duplicate checks)")
+        raise bad_rows(path, missing_row, column, "an event id", None, missing,
+                       "give every row its id, or leave the ids unread with --map event_id= (no duplicate checks)")
     if repeated:
-        more = f" ({repeated - 1} more rows like it)" if repeated > 1 else ""
-        raise MvalError(f"{path}: row {row}, column {column}: event id {event_id!r} repeats row {first_row}{more} "
+        raise MvalError(f"{path}: row {row}, column {column}: event id {event_id!r} repeats row {first_row}"
+                        f"{more_rows(repeated)} "
                         "at the same position; an event id names one event (one slate position): drop the repeated "
                         "rows or give them their own ids, or leave the ids unread with --map event_id=")
     con.execute(load_sql("ingest_known_events"), {"logger": logger})
@@ -399,10 +393,10 @@ def _known_events(con: duckdb.DuckDBPyConnection, path: Path, column: str, logge
         old_value, new_value = con.execute(
             f"SELECT CAST(e.{col} AS TEXT), CAST({new} AS TEXT) FROM events e, staged s "
             "WHERE e.event_id = ? AND s._row = ?", [stored_event, row]).fetchall()[0]
-        more = f" ({differ - 1} more rows like it)" if differ > 1 else ""
         raise MvalError(
             f"{path}: row {row}, column {col}: event id {event_id!r} of logger {logger!r} is already in the store "
-            f"(ingest {stored_ingest}) with {col} {old_value or 'missing'}, the file has {new_value or 'missing'}{more}; "
+            f"(ingest {stored_ingest}) with {col} {old_value or 'missing'}, the file has {new_value or 'missing'}"
+            f"{more_rows(differ)}; "
             "an event id names one event: fix the row, or give the changed events new ids"
         )
     return known

@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 from mval.errors import MvalError
-from mval.files import FLOAT_ID, file_reader, key_text_sql, read_error, relation_for_file
+from mval.files import FLOAT_ID, bad_rows, file_reader, key_text_sql, read_error, relation_for_file
 from mval.store import load_sql, transaction
 
 POLICY_COLUMNS = ("context_id", "action", "prob")
@@ -92,9 +92,7 @@ def add_policy(con: duckdb.DuckDBPyConnection, name: str, path: str | Path, repl
                                         "WHERE float_written_id(context_id)").fetchall()[0]
         if count:
             must_be, fix = FLOAT_ID
-            more = f" ({count - 1} more rows like it)" if count > 1 else ""
-            raise MvalError(f"{path}: row {row}, column context_id: must be {must_be}, found {value}{more}; "
-                            f"{fix.format(column='context_id')}")
+            raise bad_rows(path, row, "context_id", must_be, value, count, fix.format(column="context_id"))
     problems = con.execute(load_sql("policy_validate")).fetchall()
     if problems:
         problem, context_id, found = problems[0]
