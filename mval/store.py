@@ -2,8 +2,9 @@
 
 A store is one DuckDB file made by `init_store`. Its schema lives in `sql/schema.sql`;
 `mval_meta.schema_version` says which version built it so that later versions can migrate.
-Each version's additions reach an older store when it is opened for writing (one transaction), and
-as temporary views when it is opened read-only (the file is left as it was):
+Each version's additions reach an older store when it is opened for writing, in the same transaction
+as the command's first write (a refused command leaves the older store as it was), and as temporary
+views when it is opened read-only (the file is left as it was):
 - 2: `event_cells` (identical events counted once, per ingest), counted from the store's events;
 - 3: `examples.record` (each example's input JSON record, which `mval curate` writes back), NULL for
   examples added before it (curate then rebuilds their records from the fields); `events.source_event_id`
@@ -28,6 +29,8 @@ import duckdb
 from mval.errors import MvalError, StoreBusyError
 
 SCHEMA_VERSION = 5
+# Connections (by id) holding an uncommitted upgrade that their first `transaction` commits with its writes.
+_PENDING_UPGRADE: set[int] = set()
 _LOCK_PID = re.compile(r"PID (\d+)")
 
 
@@ -116,7 +119,8 @@ _ADDED_COLUMNS = {
 
 
 def _upgrade(con: duckdb.DuckDBPyConnection, path: Path, version: int, read_only: bool) -> None:
-    """Bring an older store to SCHEMA_VERSION (temporary views when read-only; see the module docstring)."""
+    """Bring an older store to SCHEMA_VERSION: temporary views when read-only, else an open transaction
+    that the connection's first `transaction` (or a clean exit from `open_store`) commits."""
     if version >= SCHEMA_VERSION:
         return
     try:
@@ -133,7 +137,8 @@ def _upgrade(con: duckdb.DuckDBPyConnection, path: Path, version: int, read_only
             if version < 4:
                 _create_ingest_log(con, temporary=True)
             return
-        with transaction(con):
+        con.execute("BEGIN TRANSACTION")
+        try:
             if version < 2:
                 con.execute(load_sql("event_cells_table"))
                 add_event_cells(con, None)
@@ -142,6 +147,10 @@ def _upgrade(con: duckdb.DuckDBPyConnection, path: Path, version: int, read_only
                     con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
             _create_ingest_log(con, temporary=False)
             con.execute("UPDATE mval_meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        _PENDING_UPGRADE.add(id(con))
     except duckdb.Error as e:
         raise MvalError(f"{path}: cannot upgrade the store from schema version {version} to {SCHEMA_VERSION} "
                         f"({str(e).splitlines()[0]}); store unchanged. A table of your own named like one of "
@@ -178,17 +187,25 @@ def open_store(path: str | Path, read_only: bool = False) -> Iterator[duckdb.Duc
     try:
         _upgrade(con, path, _check_is_store(con, path), read_only)
         yield con
+        if id(con) in _PENDING_UPGRADE:
+            con.execute("COMMIT")  # a command that wrote nothing through `transaction` still upgrades
     finally:
-        con.close()
+        _PENDING_UPGRADE.discard(id(con))
+        con.close()  # rolls back an upgrade left pending by a refused command
 
 
 @contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
-    """All-or-nothing: commit if the block succeeds, roll back (store unchanged) if it raises."""
-    con.execute("BEGIN TRANSACTION")
+    """All-or-nothing: commit if the block succeeds, roll back (store unchanged) if it raises. The first
+    one on a connection that opened an older store commits (or rolls back) its upgrade with it."""
+    pending = id(con) in _PENDING_UPGRADE
+    if not pending:
+        con.execute("BEGIN TRANSACTION")
     try:
         yield con
     except BaseException:
+        _PENDING_UPGRADE.discard(id(con))
         con.execute("ROLLBACK")
         raise
+    _PENDING_UPGRADE.discard(id(con))
     con.execute("COMMIT")

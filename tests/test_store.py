@@ -143,6 +143,27 @@ def test_failed_upgrade_is_refused_and_leaves_the_store_at_version_1(store, tmp_
         assert con.execute("SELECT count(*) FROM event_cells").fetchall() == [(0,)]
 
 
+def test_refused_write_leaves_an_older_store_at_its_version_and_a_later_write_upgrades_it(store, tmp_path):
+    cells = _version_1_store(store, tmp_path)
+    (tmp_path / "bad.csv").write_text("action,propensity,reward\n0,0.5,1\n1,1.5,0\n")
+    (tmp_path / "bad_policy.csv").write_text("context_id,action,prob\n,0,0.5\n,1,0.2\n")
+
+    def version_and_cells_table():
+        with duckdb.connect(str(store), read_only=True) as con:
+            return (con.execute("SELECT value FROM mval_meta").fetchall()[0][0],
+                    con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'event_cells'").fetchall()[0][0])
+
+    assert run_cli("ingest", store, tmp_path / "bad.csv", "--logger", "c", ok=False).exit_code == 2
+    assert run_cli("policy", "add", store, "T", tmp_path / "bad_policy.csv", ok=False).exit_code == 2
+    assert version_and_cells_table() == ("1", 0)  # both refused: the upgrade was rolled back with them
+    generic_log(rows=30, seed=4).write_parquet(tmp_path / "c.parquet")
+    run_cli("ingest", store, tmp_path / "c.parquet", "--logger", "c")
+    assert version_and_cells_table() == (str(SCHEMA_VERSION), 1)
+    with duckdb.connect(str(store), read_only=True) as con:
+        assert con.sql("SELECT * FROM event_cells WHERE ingest_id < 3 ORDER BY ALL").pl().equals(cells)
+        assert con.execute("SELECT sum(rows) FROM event_cells").fetchall() == [(230,)]
+
+
 def _version_2_store(store, tmp_path):
     """A store as mval with schema version 2 left it: events without `source_event_id`, examples without
     `record`, and a context-free target policy; returns its events."""
