@@ -13,7 +13,7 @@ from attribution.probes import direction_from_file, load_probe, train_probe
 from attribution.scorers import ScoreRequest, make_scorer
 from attribution.scoring import INFLUENCE_METHODS, score_dataset, top_scores
 from mval.errors import MvalError
-from mval.files import check_output_path, output_file_option
+from mval.files import check_not_an_input, check_output_path, output_file_option
 from mval.output import emit, format_option, stderr
 from mval.store import open_store
 
@@ -57,13 +57,10 @@ def probe_output_option(ctx: click.Context, param: click.Parameter, value: str) 
     return value
 
 
-def check_not_an_input(out: str, flag: str, source: str, model_dir: str) -> None:
-    """Refuse a probe output that would overwrite the file it is made from, or that the --model folder would
-    read as a weights shard (it reads every model*.safetensors in it)."""
+def check_not_a_weights_shard(out: str, model_dir: str) -> None:
+    """Refuse a probe output that the --model folder would read as a weights shard (it reads every
+    model*.safetensors in it)."""
     target = Path(out).resolve()
-    if target == Path(source).resolve():
-        raise MvalError(f"--output {out}: is the {flag} file itself, which the probe would overwrite; "
-                        "give another path")
     if target.parent == Path(model_dir).resolve() and target.match("model*.safetensors"):
         raise MvalError(f"--output {out}: the --model folder reads every model*.safetensors in it as its weights; "
                         "give the probe another name or folder")
@@ -107,7 +104,8 @@ def probe_train(model_dir: str, layer: int, data: str | None, direction: str | N
         flag, value = ("--key", key) if key is not None else ("--feature", feature)
         raise MvalError(f"{flag} {value}: picks a tensor or row of a --direction file, but --data trains a probe on "
                         f"labelled text; leave {flag} out (or bring the vector with --direction FILE {flag} {value})")
-    check_not_an_input(out, "--data" if data is not None else "--direction", data or direction, model_dir)
+    check_not_an_input({"--output": out}, {"--data": data, "--direction": direction})
+    check_not_a_weights_shard(out, model_dir)
     model = load_hf_model(model_dir)
     if direction is not None:
         concept = direction_from_file(direction, model, layer, position, key, feature)
@@ -204,8 +202,7 @@ def curate(store: str, dataset: str, method: str, concept: str | None, drop_top:
     Example:
       mval curate runs.duckdb --dataset sft --method gradient --drop-top 50 -o clean.jsonl
     """
-    if Path(out).resolve() == Path(store).resolve():
-        raise MvalError(f"--output {out}: is the store itself, which curate would overwrite; give another path")
+    check_not_an_input({"--output": out}, {"STORE": store})
     with open_store(store, read_only=True) as con:
         result = curate_dataset(con, dataset, method, out, concept, drop_top, drop_above)
     if fmt == "json":

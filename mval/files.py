@@ -302,6 +302,18 @@ def check_output_path(path: str | Path, suffixes: tuple[str, ...] | None = None,
     return path
 
 
+def check_not_an_input(outputs: dict[str, str | Path | None], inputs: dict[str, str | Path | None]) -> None:
+    """Refuse an output (flag -> path) that is one of the command's input files (by `samefile`, so links
+    and other spellings of the same file count)."""
+    for out_flag, out in outputs.items():
+        if out is None or not Path(out).exists():
+            continue
+        for in_flag, given in inputs.items():
+            if given is not None and Path(given).exists() and Path(out).samefile(given):
+                raise MvalError(f"{out_flag} {out}: is the {in_flag} file this command reads; writing there would "
+                                "overwrite it, choose another path")
+
+
 def write_output(path: str | Path, write: Callable[[io.BytesIO], object]) -> None:
     """Write a result file: `write` fills a buffer, then the bytes go to `path` in one call, so that a
     failure (full disk, permissions) is one error naming the file, whichever library made the bytes."""

@@ -214,8 +214,8 @@ def test_a_dataset_without_a_name_is_refused(store, tmp_path, name):
     (["--drop-top", 1, "-o", "{tmp}/kept.csv"], r"-o .*kept.csv: unknown file type .csv; curate writes JSON lines "
                                                 r"\(.jsonl\), or a Boxoban level file \(.txt\)"),
     # the store was overwritten with JSON lines, and lost
-    (["--drop-top", 1, "-o", "{store}"], r"--output .*store.duckdb: is the store itself, which curate would "
-                                         r"overwrite; give another path"),
+    (["--drop-top", 1, "-o", "{store}"], r"--output .*store.duckdb: is the STORE file this command reads; "
+                                         r"writing there would overwrite it"),
     # a concept is named by the probe file's stem: the file name itself only listed the names
     (["--drop-top", 1, "--concept", "{tmp}/h.safetensors"], r"--concept .*h.safetensors: dataset 'sft' has probe "
                                                             r"scores for concepts h; .*its probe file's stem.*: h\)$"),

@@ -286,7 +286,7 @@ def test_a_concept_for_a_deeper_model_names_the_concept_not_the_layer(filled, mo
      r"--output .*p.npy: unknown file type .npy; use .safetensors"),
     # the probe overwrote the vector it was made from, or landed where the model folder reads weights
     (["probe", "train", "--direction", "{tmp}/v.safetensors", "-o", "{tmp}/./v.safetensors"],
-     r"--output .*v.safetensors: is the --direction file itself, which the probe would overwrite; give another path"),
+     r"--output .*v.safetensors: is the --direction file this command reads; writing there would overwrite it"),
     (["probe", "train", "--data", "{tmp}/labelled.jsonl", "-o", "{model}/model-probe.safetensors"],
      r"--output .*model-probe.safetensors: the --model folder reads every model\*.safetensors in it as its weights"),
     # --damping was ignored by the methods that have no damping

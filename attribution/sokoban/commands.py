@@ -13,7 +13,7 @@ import torch
 from attribution.sokoban.agent import DRCConfig, agent_fingerprint, load_agent
 from attribution.sokoban.levels import ACTIONS, generate_levels, read_levels, write_levels
 from mval.errors import MvalError
-from mval.files import check_output_path, output_file_option
+from mval.files import check_not_an_input, check_output_path, output_file_option
 from mval.output import emit, format_option, stderr
 
 
@@ -27,17 +27,6 @@ def _agent_option(f):
 def _levels_option(f):
     return click.option("--levels", "levels_path", required=True, type=click.Path(dir_okay=False),
                         help="Level file in Boxoban text format.")(f)
-
-
-def _refuse_overwriting(outputs: dict[str, str | None], inputs: dict[str, str | None]) -> None:
-    """Refuse an output path (`outputs`: flag -> path) that names one of the command's input files."""
-    for out_flag, out in outputs.items():
-        if out is None or not Path(out).exists():
-            continue
-        for in_flag, given in inputs.items():
-            if given is not None and Path(given).exists() and Path(out).samefile(given):
-                raise MvalError(f"{out_flag} {out}: is the {in_flag} file this command reads; writing there would "
-                                "overwrite it, choose another path")
 
 
 @click.group()
@@ -164,7 +153,7 @@ def play(levels_path, agent, thinking_steps, max_steps, render, render_level, pr
 
     if probe_path and render is None:
         raise MvalError(f"--probe {probe_path}: the probe's plan is drawn in the GIF; give --render FILE.gif too")
-    _refuse_overwriting({"--render": render},
+    check_not_an_input({"--render": render},
                         {"--levels": levels_path, "--agent": agent, "--probe": probe_path, "--store": store})
     lv = read_levels(levels_path)
     model = load_agent(agent)
@@ -228,7 +217,7 @@ def probe(levels_path, agent, label, test_fraction, thinking_steps, top, output,
         raise MvalError(f"--top {top}: must be at least 1")
     if output is not None and concept_out is not None and Path(output).resolve() == Path(concept_out).resolve():
         raise MvalError(f"--concept-out {concept_out}: is also -o; give the probe and the concept different files")
-    _refuse_overwriting({"--output": output, "--concept-out": concept_out}, {"--levels": levels_path, "--agent": agent})
+    check_not_an_input({"--output": output, "--concept-out": concept_out}, {"--levels": levels_path, "--agent": agent})
     lv = read_levels(levels_path)
     if len(lv) < 2:
         raise MvalError(f"{levels_path}: probing needs at least 2 levels (some to fit, some to test)")
@@ -288,7 +277,7 @@ def concept(probe_path, direction, agent, squares, output, fmt) -> None:
     from attribution.sokoban.concept_model import plan_concept
     from attribution.sokoban.probes import SHIPPED, load_probe
 
-    _refuse_overwriting({"--output": output}, {"PROBE": probe_path, "--agent": agent})
+    check_not_an_input({"--output": output}, {"PROBE": probe_path, "--agent": agent})
     model = load_agent(agent)
     made = plan_concept(load_probe(probe_path, model, agent or SHIPPED), direction, model.config.layers, squares)
     made.save(output)
@@ -326,7 +315,7 @@ def dataset(source, episodes, output, store, dataset_name, fmt) -> None:
         raise MvalError(f"{source}: no such run folder or level file")
     read = ({f"SOURCE {name}": str(Path(source) / name) for name in ("levels.txt", "episodes.jsonl")}
             if Path(source).is_dir() else {"SOURCE": source})
-    _refuse_overwriting({"--output": output}, {**read, "--store": store})
+    check_not_an_input({"--output": output}, {**read, "--store": store})
     check_output_path(output, (".jsonl", ".ndjson"))  # JSON lines: `mval curate -o .txt` means level text
     made, skipped = dataset_examples(source, episodes)
     write_jsonl(output, made)
