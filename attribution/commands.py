@@ -10,7 +10,7 @@ from attribution.curate import curate as curate_dataset
 from attribution.examples import add_examples, read_jsonl
 from attribution.models import load_hf_model, load_model
 from attribution.probes import direction_from_file, load_probe, train_probe
-from attribution.scorers import ScoreRequest, make_scorer
+from attribution.scorers import ScoreRequest, make_scorer, needs_queries
 from attribution.scoring import INFLUENCE_METHODS, score_dataset, top_scores
 from mval.errors import MvalError
 from mval.files import check_not_an_input, check_output_path, output_file_option
@@ -169,6 +169,9 @@ def score(store: str, model_dir: str, dataset: str, concept_file: str, method: s
     if damping is not None and method not in INFLUENCE_METHODS:
         raise MvalError(f"--damping {damping}: only --method {' and '.join(INFLUENCE_METHODS)} use it; "
                         f"leave it out for --method {method}")
+    if queries is not None and not needs_queries(method):
+        raise MvalError(f"--queries {queries}: --method {method} does not read a query set (it scores each example "
+                        "on its own); leave --queries out")
     cache = check_cache_dir(Path(cache_dir) if cache_dir else Path(f"{store}.cache"))
     concept = load_probe(concept_file)
     query_set = tuple(read_jsonl(queries, with_id=False)[0]) if queries else ()
