@@ -1,6 +1,7 @@
 """`mval sokoban ...` as a user runs it: real level files, agents, stores and GIFs in a temporary folder."""
 
 import json
+import shutil
 from dataclasses import replace
 
 import duckdb
@@ -9,7 +10,7 @@ import torch
 
 from attribution.sokoban.agent import DRC, DRCConfig, agent_fingerprint, load_agent, save_agent
 from attribution.sokoban.commands import sokoban
-from attribution.sokoban.levels import read_levels, solve
+from attribution.sokoban.levels import read_levels, solve, write_levels
 from attribution.sokoban.probes import load_probe
 from conftest import run_cli
 from mval.store import init_store
@@ -38,6 +39,26 @@ def test_train_resume_and_play_a_tiny_agent(levels, tmp_path):
     out = json.loads(run("play", "--levels", levels, "--agent", tmp_path / "run" / "agent.safetensors",
                          "--thinking-steps", 2, "--max-steps", 20, "--format", "json").output)
     assert out["levels"] == 8 and 0 <= out["solve_rate"] <= 1 and out["thinking_steps"] == 2 and "mean_steps" in out
+
+
+def test_a_resume_names_its_levels_by_content_and_lets_only_the_step_counts_grow(levels, tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    shutil.copy(levels, "levels.txt")
+    args = ("train", "-o", tmp_path / "run", "--layers", 1, "--ticks", 1, "--channels", 4, "--num-envs", 8,
+            "--rollout", 4, "--format", "json")
+    assert json.loads(run(*args, "--levels", "levels.txt", "--imitation-steps", 32).output)[0]["updates"] == 1
+    monkeypatch.chdir(tmp_path)  # the same file, another spelling: before, "--levels levels.txt (run) vs a/levels.txt"
+    assert json.loads(run(*args, "--levels", "a/levels.txt", "--imitation-steps", 64).output)[0]["updates"] == 2
+    shorter = run(*args, "--levels", "a/levels.txt", "--imitation-steps", 32, ok=False)
+    assert shorter.exit_code == 2 and "different settings (--imitation-steps 64 (run) vs 32 (now))" in shorter.output
+    write_levels(tmp_path / "other.txt", read_levels(levels).subset(range(4)))
+    other = run(*args, "--levels", tmp_path / "other.txt", "--imitation-steps", 96, ok=False)
+    assert other.exit_code == 2
+    assert f"--levels {tmp_path}/other.txt: not the levels this run trained on (its copy is {tmp_path}/run/levels.txt)" \
+        in other.output
+    dropped = run(*args, "--imitation-steps", 96, ok=False)
+    assert dropped.exit_code == 2 and "--levels a/levels.txt (run) vs None (now)" in dropped.output
 
 
 def test_play_stores_episodes_renders_and_probes_with_the_shipped_agent(levels, tmp_path):

@@ -222,12 +222,13 @@ class Trainer:
         self.updates = 0
         if state_file.is_file():
             saved = json.loads(state_file.read_text())
-            lengths = ("imitation_steps", "rl_steps")
-            same = {k: v for k, v in saved["config"].items() if k not in lengths}
-            wanted = {k: v for k, v in json.loads(json.dumps(config.to_dict())).items() if k not in lengths}
-            if same != wanted:
-                changed = ", ".join(_flag_change(k, same.get(k), wanted[k]) for k in sorted(wanted)
-                                    if same.get(k) != wanted[k])
+            run, now = saved["config"], json.loads(json.dumps(config.to_dict()))
+            lengths = ("imitation_steps", "rl_steps")  # may grow
+            changed = ", ".join(_flag_change(k, run.get(k), now[k]) for k in sorted(now) if k != "levels" and (
+                now[k] < run.get(k, 0) if k in lengths else run.get(k) != now[k]))
+            if (run.get("levels") is None) != (config.levels is None):  # a --levels path names the same file
+                changed = ", ".join(filter(None, [changed, _flag_change("levels", run.get("levels"), config.levels)]))
+            if changed:
                 raise MvalError(
                     f"{self.out}: holds a run with different settings ({changed}); resume with the "
                     "same options (only --imitation-steps/--rl-steps may grow) or use a new -o"
@@ -238,6 +239,10 @@ class Trainer:
             if levels_digest is not None and (not cached.is_file() or file_sha256(cached) != levels_digest):
                 raise MvalError(f"{cached}: not the training levels this run was checkpointed with (changed or "
                                 "removed since); restore them, or train into a new -o")
+            if config.levels is not None and cached.is_file() and not read_levels(config.levels).same_as(
+                    read_levels(cached)):
+                raise MvalError(f"--levels {config.levels}: not the levels this run trained on (its copy is {cached}); "
+                                "resume with those levels, or train into a new -o")
             self.env_steps, self.updates = saved["env_steps"], saved["updates"]
             self.agent = load_agent(self.out / "agent.safetensors")
             self.agent.train()
