@@ -147,6 +147,9 @@ class GradientScorer:
 
     def sketch(self, model: ConceptModel) -> CountSketch:
         n_params = sum(p.numel() for p in trainable(model).values())
+        if self.request.proj_dim > n_params:  # and a huge one would fill the memory with [batch, k] zeros
+            raise MvalError(f"--proj-dim {self.request.proj_dim}: more than the model's {n_params:,} trainable "
+                            f"parameters, so projecting would not compress the gradients; give at most {n_params}")
         return CountSketch(n_params, self.request.proj_dim, self.request.seed)
 
     def concept_gradient(self, model: ConceptModel) -> torch.Tensor:

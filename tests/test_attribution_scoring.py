@@ -298,6 +298,11 @@ def test_a_concept_for_a_deeper_model_names_the_concept_not_the_layer(filled, mo
       "--queries", "{tmp}/labelled.jsonl"],
      r"--queries .*labelled.jsonl: --method probe does not read a query set \(it scores each example on its own\); "
      r"leave --queries out"),
+    # a projection wider than the model: [batch, 10^9] zeros filled the memory
+    (["score", "{store}", "--dataset", "sft", "--concept", "{tmp}/c.safetensors", "--method", "gradient",
+      "--queries", "{tmp}/labelled.jsonl", "--proj-dim", 10**9],
+     r"--proj-dim 1000000000: more than the model's [0-9,]+ trainable parameters, so projecting would not compress "
+     r"the gradients; give at most [0-9]+$"),
     # the cache under a file: "{tmp}/afile/cache/<key>: Not a directory", after the queries' forward passes
     (["score", "{store}", "--dataset", "sft", "--concept", "{tmp}/c.safetensors", "--method", "gradient",
       "--queries", "{tmp}/labelled.jsonl", "--cache-dir", "{tmp}/afile/cache"],
@@ -306,7 +311,7 @@ def test_a_concept_for_a_deeper_model_names_the_concept_not_the_layer(filled, mo
     (["score", "{store}", "--dataset", "sft", "--concept", "{tmp}/narrow.safetensors"],
      r"--concept: the concept's direction has 8 dims but the model's activations have 16; train or bring a concept"),
 ], ids=["key-with-data", "feature-with-data", "npy-output", "output-is-the-direction", "output-is-a-weights-shard",
-        "damping-without-influence", "queries-with-probe", "cache-under-a-file", "concept-of-another-width"])
+        "damping-without-influence", "queries-with-probe", "huge-projection", "cache-under-a-file", "concept-of-another-width"])
 def test_options_that_would_be_ignored_or_overwrite_an_input_are_refused(cli, filled, model_dir, tmp_path, args,
                                                                          match):
     write_jsonl(tmp_path / "labelled.jsonl", [{"text": f"you are {w} .", "label": int(w in HOSTILE)}
