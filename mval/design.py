@@ -360,8 +360,8 @@ def balanced_variance(
         return np.inf
     if estimator == "dr":
         direct = (pi * m).sum(axis=1)
-        spread = float(weights @ direct**2 - (weights @ direct) ** 2)
-        return (first + max(spread, 0.0)) / total
+        spread = float(weights @ (direct - weights @ direct / weights.sum()) ** 2)  # about the mean: no cancelling
+        return (first + spread) / total
     ratio = np.divide(pi * m, pibar, out=np.zeros_like(pibar), where=pibar > 0)
     mus = np.array([float(weights @ (p * ratio).sum(axis=1)) for p in loggers])
     return first / total - float(np.asarray(counts) @ mus**2) / total**2

@@ -12,7 +12,9 @@ Reward moments per (context, action), shrunk toward the action's mean with SHRIN
     s2(x,a) = (sum_{rows x,a} r^2 + k s_a) / (n_xa + k),   likewise for s_a,
 
 with k = SHRINK_ROWS. IPS uses s = s2 = E[r^2]; DR (with reward model q = m) uses
-s = s2 - m^2 = E[(r - m)^2] (>= 0 by Jensen: both are the same convex combination). A user table
+s = s2 - m^2 = E[(r - m)^2] (>= 0 by Jensen: both are the same convex combination). Both are
+computed from the moments of r - c, c the log's mean reward: the shrinkage is a weighted average,
+so shifting is exact, and s2 - m^2 no longer cancels when the rewards are large next to their spread. A user table
 (context_id, action, s) replaces s; rows with empty context_id apply to every context.
 """
 
@@ -50,6 +52,7 @@ class LogEstimates:
     logger_policies: tuple[np.ndarray, ...]  # pi_k (contexts, actions)
     mean: np.ndarray  # m(x, a)
     second: np.ndarray  # E[r^2 | x, a]
+    spread: np.ndarray  # E[(r - m)^2 | x, a] = second - mean^2, computed without cancelling
 
     @property
     def rows(self) -> int:
@@ -240,9 +243,9 @@ def read_log(con: duckdb.DuckDBPyConnection, loggers: list[str] | None, targets:
     policies = tuple(_logger_policy(con, row, k, ids) for row in summary.iter_rows(named=True))
     cells = con.sql(load_sql("design_cells"), params=params).pl()
     index = _positions(ids, cells["context_id"])
-    mean, second = _shrunk_moments(index, cells, len(weights), k)
+    mean, second, spread = _shrunk_moments(index, cells, len(weights), k)
     return LogEstimates(ids, weights, tuple(summary["logger"]), tuple(int(n) for n in summary["rows"]),
-                        policies, mean, second)
+                        policies, mean, second, spread)
 
 
 def _context_index(contexts: pl.DataFrame) -> tuple[np.ndarray | None, np.ndarray]:
@@ -310,8 +313,10 @@ def _policy_rows(con: duckdb.DuckDBPyConnection, name: str, k: int, ids: np.ndar
     return np.array(table.probs_for(ids))
 
 
-def _shrunk_moments(index: np.ndarray, cells: pl.DataFrame, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """m and E[r^2] per (context, action), shrunk as in the module docstring."""
+def _shrunk_moments(index: np.ndarray, cells: pl.DataFrame, n: int,
+                    k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """m, E[r^2] and E[(r - m)^2] per (context, action), shrunk as in the module docstring, from the sums
+    of r - c and (r - c)^2 (c: `cells["shift"]`)."""
     actions = cells["action"].to_numpy()
     counts, r1, r2 = (np.zeros((n, k)) for _ in range(3))
     counts[index, actions] = cells["n"].to_numpy()
@@ -320,13 +325,15 @@ def _shrunk_moments(index: np.ndarray, cells: pl.DataFrame, n: int, k: int) -> t
     total = counts.sum()
     per_action = [(r.sum(axis=0) + SHRINK_ROWS * r.sum() / total) / (counts.sum(axis=0) + SHRINK_ROWS)
                   for r in (r1, r2)]
-    return tuple((r + SHRINK_ROWS * prior) / (counts + SHRINK_ROWS) for r, prior in zip((r1, r2), per_action))
+    m1, m2 = ((r + SHRINK_ROWS * prior) / (counts + SHRINK_ROWS) for r, prior in zip((r1, r2), per_action))
+    c = float(cells["shift"][0]) if cells.height else 0.0
+    return m1 + c, m2 + 2 * c * m1 + c * c, np.maximum(m2 - m1 * m1, 0.0)
 
 
 def _second_moments(est: LogEstimates, estimator: str, table: str | Path | pl.DataFrame | None, k: int,
                     target_pis: list[np.ndarray]) -> np.ndarray:
     if table is None:
-        return est.second if estimator == "ips" else np.maximum(est.second - est.mean**2, 0.0)
+        return est.second if estimator == "ips" else est.spread
     frame = table if isinstance(table, pl.DataFrame) else read_frame(table, text=("context_id",))
     where = str(table) if not isinstance(table, pl.DataFrame) else "second-moment table"
     missing = [c for c in ("context_id", "action", "s") if c not in frame.columns]
@@ -372,9 +379,10 @@ def _second_moments(est: LogEstimates, estimator: str, table: str | Path | pl.Da
 
 
 def _check_costs(costs: np.ndarray, scale: float, estimator: str, from_table: bool) -> None:
-    """Refuse a problem where every cost pi_t^2 s is 0 (to rounding, relative to `scale`, the largest E[r^2]):
-    every logging policy then predicts variance 0. Small rewards (in millions, say) are not refused."""
-    if np.max(costs) > 1e-12 * scale:
+    """Refuse a problem where every cost pi_t^2 s is 0 (to rounding, relative to `scale`, the largest E[r^2];
+    DR's s, taken about the mean reward, rounds to about 1e-32 of it): every logging policy then predicts
+    variance 0. Small rewards (in millions, say) are not refused."""
+    if np.max(costs) > (1e-12 if estimator == "ips" else 1e-24) * scale:
         return
     why = ("the --second-moment table gives s = 0 wherever a target acts" if from_table
            else "every logged reward is 0" if estimator == "ips"

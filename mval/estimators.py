@@ -187,11 +187,13 @@ def stratified_variance(data: LoggedData, z: np.ndarray) -> float:
     """
     n_k = data.logger_sizes
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # terms near 1e160 give inf: an SE of inf
-        sums = data.logger_sums(np.stack([z, z * z], axis=-1))
-        ss = sums[:, 1] - sums[:, 0] ** 2 / n_k
-        n, total = n_k.sum(), sums.sum(axis=0)
-        pooled = max(total[1] - total[0] ** 2 / n, 0.0) / (n - 1) if n > 1 else np.nan
-        s2 = np.where(n_k > 1, np.maximum(ss, 0.0) / (n_k - 1), pooled)
+        # two passes (sums of squared deviations from each mean): sum z^2 - (sum z)^2 / n would cancel to
+        # nothing when the mean of z is 1e8 times its spread
+        n = n_k.sum()
+        means = data.logger_sums(z[:, None])[:, 0] / n_k
+        ss = data.logger_sums(((z - means[data.logger]) ** 2)[:, None])[:, 0]
+        pooled = float(data.count @ (z - data.count @ z / n) ** 2) / (n - 1) if n > 1 else np.nan
+        s2 = np.where(n_k > 1, ss / (n_k - 1), pooled)
     return float((n_k * s2).sum() / n ** 2)
 
 
@@ -362,17 +364,21 @@ class WeightedIPS(IPS):
             fewest = int(data.logger_sizes.min())
             raise MvalError(f"weighted-ips needs at least 2 rows from every logger, found {fewest}")
         t = self.weights(data) * data.reward
-        columns = np.stack([t, t * t], axis=-1)
-        sums, n_k = data.logger_sums(columns), data.logger_sizes
-        spread = sums[:, 1] - sums[:, 0] ** 2 / n_k
-        if (spread <= 1e-12 * np.maximum(sums[:, 1], 1e-300)).any():
+        # t - c with c its mean, so that the variances below do not cancel (see `stratified_variance`);
+        # the third column carries c back into the means
+        c = float(data.count @ t / data.n)
+        columns = np.stack([t - c, (t - c) ** 2, np.full_like(t, c)], axis=-1)
+        n_k = data.logger_sizes
+        means = data.logger_sums(t[:, None])[:, 0] / n_k
+        spread = data.logger_sums(((t - means[data.logger]) ** 2)[:, None])[:, 0]
+        if (spread <= n_k * (1e-12 * means) ** 2).any():  # a spread below 1e-12 of the mean: rounding alone
             raise MvalError("weighted-ips: the weighted rewards of one logger's rows do not vary (e.g. all its rewards "
                             "are equal), so its precision is unknown; use ips or balanced-ips")
         return columns
 
     @staticmethod
     def _lambdas(sums: np.ndarray, n_k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        means = sums[..., 0] / n_k
+        means = (sums[..., 0] + sums[..., 2]) / n_k  # sums of t - c and of c
         var_of_mean = (sums[..., 1] - sums[..., 0] ** 2 / n_k) / (n_k - 1) / n_k
         precision = 1.0 / np.maximum(var_of_mean, 1e-300)
         return means, precision / precision.sum(axis=-1, keepdims=True)

@@ -306,3 +306,22 @@ def test_a_fractional_action_in_the_second_moment_table_is_refused(store, tmp_pa
     (tmp_path / "s.csv").write_text("context_id,action,s\n,0,1\n,1.5,2\n,2,1\n")
     with open_store(store) as con, pytest.raises(MvalError, match=r"row 2, column action: must be an integer, found 1.5"):
         design_logging_policy(con, ["A"], 100, second_moment_table=tmp_path / "s.csv")
+
+
+def test_dr_design_is_unchanged_by_a_reward_offset_a_billion_times_the_spread(store, tmp_path):
+    """E[r^2] - m^2 cancelled for rewards near 1e9 (the designed policy and SE were off); the moments are now
+    taken about the log's mean reward."""
+    from mval.store import init_store
+
+    rewards = np.random.default_rng(3).normal(size=400)
+    fill(store, tmp_path, rewards=rewards)
+    shifted = init_store(tmp_path / "shifted.duckdb")
+    fill(shifted, tmp_path, rewards=rewards + 1e9)
+    results = []
+    for path in (store, shifted):
+        with open_store(path) as con:
+            results.append(design_logging_policy(con, ["B"], 300, estimator="dr"))
+    plain, offset = results
+    assert offset.std_error == pytest.approx(plain.std_error, rel=1e-6)
+    np.testing.assert_allclose(offset.policy["prob"].to_numpy(), plain.policy["prob"].to_numpy(), atol=1e-6)
+    assert offset.expected_reward - 1e9 == pytest.approx(plain.expected_reward, abs=1e-5)

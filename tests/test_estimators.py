@@ -7,7 +7,10 @@ from mval.design import balanced_variance
 from mval.errors import MvalError
 from mval.estimators import (
     ESTIMATORS,
+    IPS,
+    BalancedIPS,
     LoggedData,
+    WeightedIPS,
     bootstrap,
     effective_sample_size,
     estimate,
@@ -358,3 +361,23 @@ def test_effective_sample_size_by_hand_and_without_overflow():
     tiny = LoggedData(np.array([1.0, 0.0, 1.0]), np.array([0.5, 0.5, 1e-160]), np.array([0.5, 0.5, 0.5]))
     assert make_estimator("ips").estimate(tiny).ess == pytest.approx(1.0)
     assert effective_sample_size(np.zeros(3)) == 0.0
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e8, 1e9])
+def test_standard_errors_survive_a_reward_offset_a_billion_times_their_spread(offset):
+    """sum z^2 - (sum z)^2 / n cancelled to an SE of 0 at offset 1e8 and 140x too large at 1e9."""
+    rng = np.random.default_rng(5)
+    n, k = 4000, np.repeat([0, 1], [2500, 1500])
+    noise = rng.normal(size=n) * np.where(k == 0, 1.0, 3.0)
+    data = LoggedData(offset + noise, np.full(n, 0.5), np.full(n, 0.5), k, pibar=np.full(n, 0.5))
+    sizes = np.array([2500, 1500])
+    spread = np.array([noise[k == j].std(ddof=1) for j in (0, 1)])  # numpy's two-pass variance
+    expected = np.sqrt((sizes * spread**2).sum()) / n
+    assert IPS().estimate(data).std_error == pytest.approx(expected, rel=1e-6)
+    assert BalancedIPS().estimate(data).std_error == pytest.approx(expected, rel=1e-6)
+    weighted = WeightedIPS().estimate(data)
+    precision = sizes / spread**2
+    assert weighted.std_error == pytest.approx(precision.sum() ** -0.5, rel=1e-6)
+    means = np.array([noise[k == j].mean() for j in (0, 1)])
+    # the means themselves are sums of n values near the offset: rounding of order n * 2e-16 * offset
+    assert weighted.estimate - offset == pytest.approx(precision @ means / precision.sum(), abs=1e-6 + 1e-12 * offset)
