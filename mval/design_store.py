@@ -273,7 +273,8 @@ def _positions(ids: np.ndarray | None, column: pl.Series) -> np.ndarray:
 def _n_actions(con: duckdb.DuckDBPyConnection, summary: pl.DataFrame, targets: list[str]) -> int:
     k = int(summary["n_actions"].max())
     row = con.execute(
-        "SELECT max(action) + 1 FROM policies WHERE list_contains(?, policy)", [list(summary["logger"]) + list(targets)]
+        "SELECT max(action) FILTER (WHERE prob > 0) + 1 FROM policies WHERE list_contains(?, policy)",  # as evaluate
+        [list(summary["logger"]) + list(targets)]
     ).fetchall()[0][0]
     return max(k, int(row or 0))
 

@@ -325,3 +325,17 @@ def test_dr_design_is_unchanged_by_a_reward_offset_a_billion_times_the_spread(st
     assert offset.std_error == pytest.approx(plain.std_error, rel=1e-6)
     np.testing.assert_allclose(offset.policy["prob"].to_numpy(), plain.policy["prob"].to_numpy(), atol=1e-6)
     assert offset.expected_reward - 1e9 == pytest.approx(plain.expected_reward, abs=1e-5)
+
+
+def test_an_action_a_target_lists_with_probability_0_is_not_designed_for(store, tmp_path):
+    """It counted as a 4th action: the floor put new traffic on it and the 'uniform' alternative spread over it."""
+    fill(store, tmp_path)
+    pl.DataFrame({"context_id": [None] * (K + 1), "action": range(K + 1),
+                  "prob": [0.1, 0.2, 0.7, 0.0]}).write_csv(tmp_path / "a0.csv")
+    with open_store(store) as con:
+        add_policy(con, "A0", tmp_path / "a0.csv")
+        plain = design_logging_policy(con, ["A"], 300, floor=0.05)
+        listed = design_logging_policy(con, ["A0"], 300, floor=0.05)
+    assert listed.policy["action"].max() == K - 1
+    np.testing.assert_allclose(listed.policy["prob"].to_numpy(), plain.policy["prob"].to_numpy(), atol=1e-12)
+    assert [a.std_error for a in listed.alternatives] == pytest.approx([a.std_error for a in plain.alternatives])
