@@ -31,7 +31,7 @@ from mval.design import MvalProblem, balanced_variance, solve_exact
 from mval.design_cvxpy import solve_cvxpy
 from mval.errors import MvalError
 from mval.files import check_output_path, read_frame, write_output
-from mval.policies import check_new_name, load_policy, policy_frame, policy_names
+from mval.policies import check_logged_propensities, check_new_name, load_policy, policy_frame, policy_names
 from mval.store import check_counted, load_sql, transaction
 
 SHRINK_ROWS = 5.0
@@ -282,7 +282,14 @@ def _n_actions(con: duckdb.DuckDBPyConnection, summary: pl.DataFrame, targets: l
 def _logger_policy(con: duckdb.DuckDBPyConnection, row: dict, k: int, ids: np.ndarray | None) -> np.ndarray:
     name = row["logger"]
     if name in policy_names(con):
-        return _policy_rows(con, name, k, ids)
+        table = _policy_rows(con, name, k, ids)
+        cells = con.sql(load_sql("logged_propensities"), params={"logger": name}).pl()
+        index, actions = _positions(ids, cells["context_id"]), cells["action"].to_numpy()
+        why = check_logged_propensities(name, table[index, actions], cells["propensity"].to_numpy(), index, actions,
+                                        lambda c: "every context" if ids is None else f"context {str(ids[c])!r}")
+        if why:
+            raise MvalError(why)
+        return table
     if row["rows_with_probs"] == 0:
         raise MvalError(
             f"logger {name!r}: its events have no action_probs and the store has no policy named {name!r}; "

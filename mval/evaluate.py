@@ -22,7 +22,7 @@ import polars as pl
 
 from mval.errors import MvalError
 from mval.estimators import BALANCED, ESTIMATORS, NEEDS_MODEL, Estimate, LoggedData, make_estimator
-from mval.policies import PolicyTable, load_policy, policy_names
+from mval.policies import PolicyTable, check_logged_propensities, load_policy, policy_names
 from mval.progress import progress
 from mval.reward_model import check_folds, cross_fit_means, cross_fit_model
 from mval.store import check_counted, load_sql
@@ -394,6 +394,10 @@ def _check_support(
             where = _context_name(log.keys[sub["context"][mine][row]])
             why = (f"logger {log.loggers[k]!r}'s policy gives probability 0 to action {sub['action'][mine][row]} at "
                    f"{where}, which its rows took; fix that logger's policy (`mval policy add --replace`)")
+            return {**blocked, **{n: why for n in balanced}}, None
+        why = check_logged_propensities(log.loggers[k], said, sub["propensity"][mine], sub["context"][mine],
+                                        sub["action"][mine], lambda c: _context_name(log.keys[c]))
+        if why:
             return {**blocked, **{n: why for n in balanced}}, None
     pibar = sum(n * logger_probs[k] for n, k in zip(n_k, present)) / n_k.sum()
     problem = _overlap_problem(target, pibar, contexts, log.keys)

@@ -5,6 +5,7 @@ A policy with `context_id` NULL is context-free: the same distribution for every
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,3 +146,22 @@ def load_policy(con: duckdb.DuckDBPyConnection, name: str, n_actions: int | None
     probs = np.zeros((len(contexts), k))
     probs[index, df["action"].to_numpy()] = df["prob"].to_numpy()
     return PolicyTable(name, contexts, probs)
+
+
+def check_logged_propensities(logger: str, said: np.ndarray, logged: np.ndarray, contexts: np.ndarray,
+                              actions: np.ndarray, context_name: Callable[[int], str]) -> str | None:
+    """Why the policy table named like `logger` cannot be the policy that logged its rows (or cells): the
+    first whose logged propensity differs from the table's probability `said` of its action by more than
+    1e-3 + 1e-2 p (propensities rounded to 3 digits pass); None when they agree. Rows are at context indices
+    `contexts`, which `context_name` names. Balanced estimators and `mval design` weight by the table, IPS
+    by the propensities: they would disagree without a word."""
+    off = np.abs(said - logged) > 1e-3 + 1e-2 * logged
+    if not off.any():
+        return None
+    i = int(np.argmax(off))
+    pairs = len(np.unique(np.stack([contexts[off], actions[off]]), axis=1).T)
+    more = f"; {pairs - 1} more context-action pair{'s' if pairs > 2 else ''} like it" if pairs > 1 else ""
+    return (f"logger {logger!r}'s policy gives action {actions[i]} at {context_name(int(contexts[i]))} probability "
+            f"{said[i]:.4g}, but its rows logged propensity {logged[i]:.4g} there{more}; the policy named like a "
+            "logger must be the one that logged its rows: fix the policy (`mval policy add --replace`) or the "
+            "logged propensities")

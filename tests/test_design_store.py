@@ -339,3 +339,15 @@ def test_an_action_a_target_lists_with_probability_0_is_not_designed_for(store, 
     assert listed.policy["action"].max() == K - 1
     np.testing.assert_allclose(listed.policy["prob"].to_numpy(), plain.policy["prob"].to_numpy(), atol=1e-12)
     assert [a.std_error for a in listed.alternatives] == pytest.approx([a.std_error for a in plain.alternatives])
+
+
+def test_a_logger_policy_table_that_did_not_log_the_rows_is_refused(store, tmp_path):
+    """'prod' logged its rows with per-context distributions; a uniform table named 'prod' would be designed with."""
+    fill(store, tmp_path)
+    pl.DataFrame({"context_id": [None] * K, "action": range(K), "prob": [1 / K] * K}).write_csv(tmp_path / "u.csv")
+    with open_store(store) as con:
+        add_policy(con, "prod", tmp_path / "u.csv")
+        with pytest.raises(MvalError, match=r"^logger 'prod''s policy gives action \d at context 'c\d' probability "
+                                            r"0.3333, but its rows logged propensity 0\.[0-9]+ there; \d+ more "
+                                            r"context-action pairs like it; the policy named like a logger"):
+            design_logging_policy(con, ["A"], 300)

@@ -391,7 +391,7 @@ def test_all_skips_estimators_that_refuse_these_rows(tmp_path):
     with open_store(path) as con:
         insert_events(con, frame)
         write_policy(con, tmp_path, "A", UNIFORM[:1], contexts=[""])
-        write_policy(con, tmp_path, "B", UNIFORM[:1], contexts=[""])
+        write_policy(con, tmp_path, "B", LOGGER_B)  # the policy that logged its row
         write_policy(con, tmp_path, "T", TARGET)
     with open_store(path, read_only=True) as con:
         result = evaluate_policy(con, "T", None)
@@ -458,3 +458,26 @@ def test_a_logger_whose_action_probs_vary_within_a_context_is_named_for_that(tmp
         with pytest.raises(MvalError, match=r"logger 'C' logs action_probs that differ between rows of one context "
                                             r".*; add its policy with `mval policy add STORE C FILE` .* or use ips"):
             evaluate_policy(con, "T", None, ["balanced-ips"])
+
+
+def test_a_logger_policy_table_that_did_not_log_the_rows_is_refused_for_balanced_estimators(logs, tmp_path):
+    """B's rows were logged by LOGGER_B; a uniform table named B made balanced-ips weight them by 1/3 silently."""
+    close = LOGGER_B + np.array([[5e-4, -5e-4, 0.0]])  # rounded propensities (within 1e-3 + 1e-2 p) still pass
+    logs, _ = logs
+    with open_store(logs) as con:
+        con.execute("DELETE FROM policies WHERE policy = 'B'")
+        write_policy(con, tmp_path, "B", close)
+    with open_store(logs, read_only=True) as con:
+        assert set(by_name(evaluate_policy(con, "T", ["A", "B"], ["balanced-ips"]))) == {"balanced-ips"}
+    with open_store(logs) as con:
+        con.execute("DELETE FROM policies WHERE policy = 'B'")
+        write_policy(con, tmp_path, "B", UNIFORM)
+    with open_store(logs, read_only=True) as con:
+        with pytest.raises(MvalError, match=r"^--estimator balanced-ips: logger 'B''s policy gives action \d at context "
+                                            r"'c\d' probability 0.3333, but its rows logged propensity 0\.[0-9]+ there; "
+                                            r"\d+ more context-action pairs like it; the policy named like a logger must "
+                                            r"be the one that logged its rows"):
+            evaluate_policy(con, "T", ["A", "B"], ["balanced-ips"])
+        result = evaluate_policy(con, "T", ["A", "B"])
+    assert "policy named like a logger must be the one" in result.skipped["balanced-dr"]
+    assert "ips" in by_name(result)  # IPS reads the propensities themselves
