@@ -412,7 +412,9 @@ class DM(Estimator):
     its fitting error, which is most of DM's. Context-action means pool every logger's rows, so DM is a
     per-cell self-normalised DR over the mixture, whose influence terms these are; with own-logger
     weights and several loggers the SE is too large (3x in a simulation with propensities 0.98 / 0.02).
-    Rewards extrapolated to actions no logger takes add error that no SE from the log can count.
+    The SE misses the reward model's bias (cells shrunk towards action means where the loggers rarely
+    take the target's actions: the 95% interval covered 0.23 at 200 rows with a 2% exploration floor),
+    and rewards extrapolated to actions no logger takes add error that no SE from the log can count.
     """
 
     name: ClassVar[str] = "dm"
