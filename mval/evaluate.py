@@ -8,7 +8,7 @@ a policy named like the logger, or else its rows carry `action_probs`.
 
 Positions (slates): `pooled` ignores them; `per-position` gives one estimate per position; `context`
 makes the position part of the context, key `context_id|position` (just the position when
-context_id is NULL), so policies must be given for those keys.
+context_id is NULL; sql/context_key.sql), so policies must be given for those keys.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ def _query_cells(con: duckdb.DuckDBPyConnection, ingests: _Ingests, positions: s
                  folds: int, seed: int) -> pl.DataFrame:
     """Cells per logger, sorted: SQL reads them per ingest; a logger's ingests merge here (a few thousand
     cells, not the rows), so estimates do not depend on how its rows were split over files."""
+    con.execute(load_sql("context_key"))
     cells = con.sql(load_sql("evaluate_rows"), params={
         **ingests.params, "position_in_context": positions == "context", "by_position": positions != "pooled",
         "with_features": with_features,
@@ -241,6 +242,7 @@ def _logger_matrix(con: duckdb.DuckDBPyConnection, logger: str, log: _Log, posit
     """pi_k as (C, K) with NaN rows where unknown; when the logger's policy is unknown, why (a phrase)."""
     if con.execute("SELECT count(*) FROM policies WHERE policy = ?", [logger]).fetchall()[0][0]:
         return _policy_matrix(load_policy(con, logger, n_actions=log.n_actions), log.keys)
+    con.execute(load_sql("context_key"))
     df = con.sql(load_sql("evaluate_logger_probs"), params={
         "logger": logger, "position_in_context": positions == "context"}).pl()
     if df.height == 0:

@@ -481,3 +481,22 @@ def test_a_logger_policy_table_that_did_not_log_the_rows_is_refused_for_balanced
         result = evaluate_policy(con, "T", ["A", "B"])
     assert "policy named like a logger must be the one" in result.skipped["balanced-dr"]
     assert "ips" in by_name(result)  # IPS reads the propensities themselves
+
+
+def test_positions_in_the_context_never_merge_two_contexts(tmp_path):
+    """concat_ws dropped a NULL: ('a|1', no position) and ('a', position 1) were both context 'a|1', and
+    (no context_id, position 2) and ('2', no position) both '2'."""
+    path = init_store(tmp_path / "s.duckdb")
+    frame = pl.DataFrame({
+        "event_id": range(4), "logger": ["L"] * 4, "context_id": ["a|1", "a", None, "2"],
+        "action": [0, 1, 0, 1], "propensity": [0.5] * 4, "reward": [1.0, 1.0, 1.0, 1.0],
+        "action_probs": [None] * 4, "position": [None, 1, 2, None],
+    }, schema_overrides={"action_probs": pl.List(pl.Float64), "position": pl.Int32, "action": pl.Int32})
+    with open_store(path) as con:
+        insert_events(con, frame)
+        # each key's policy takes exactly the action its row took: every weight is 1 / 0.5
+        write_policy(con, tmp_path, "T", np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]),
+                     contexts=["a|1|", "a|1", "2", "2|"])
+    with open_store(path, read_only=True) as con:
+        ips = by_name(evaluate_policy(con, "T", None, ["ips"], positions="context"))["ips"]
+    assert ips.estimate == pytest.approx(2.0)  # merged contexts looked up one key's policy for both rows: 1.0
