@@ -89,11 +89,17 @@ def fit_parametric_policy(
     base = torch.as_tensor(alpha * problem.pi0)
     norm = float(problem.objective(solve_exact(problem)))  # the optimum: loss 1 is perfect
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    for _ in range(cfg.epochs):
+    best, best_state = float("inf"), None
+    for _ in range(cfg.epochs):  # the best iterate is kept: a large lr can make Adam diverge late
         optimizer.zero_grad()
         loss = mval_loss(cost, base, alpha, model(x)) / max(norm, 1e-300)
+        if loss.item() < best:
+            best, best_state = loss.item(), {k: v.clone() for k, v in model.state_dict().items()}
         loss.backward()
         optimizer.step()
+    with torch.no_grad():
+        if float(mval_loss(cost, base, alpha, model(x)) / max(norm, 1e-300)) > best:
+            model.load_state_dict(best_state)
     return model
 
 

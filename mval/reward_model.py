@@ -131,6 +131,19 @@ def fit_predict(x_fit: np.ndarray, action: np.ndarray, y: np.ndarray, x_new: np.
                             for a in range(n_actions)])
 
 
+def standardised(features: np.ndarray, count: np.ndarray | None = None,
+                 like: np.ndarray | None = None) -> np.ndarray:
+    """`features` scaled to mean 0 and standard deviation 1 per column over the rows of `like` (default:
+    `features` itself), each row counted `count` times (a merged row weighs as the rows it stands for);
+    constant columns are only centred. The reward models fit on scaled features: their L2 penalty then
+    shrinks every column alike, and one scaling serves every model fitted on the same rows."""
+    like = features if like is None else like
+    w = np.ones(len(like)) if count is None else np.asarray(count, dtype=float)
+    mean = w @ like / w.sum()
+    scale = np.sqrt(w @ (like - mean) ** 2 / w.sum())
+    return (features - mean) / np.where(scale > 0, scale, 1.0)
+
+
 def cross_fit_model(
     features: np.ndarray,
     action: np.ndarray,
@@ -147,8 +160,7 @@ def cross_fit_model(
     check_folds(folds)
     features = np.asarray(features, dtype=float)
     binary = bool(np.isin(reward, (0.0, 1.0)).all())
-    scale = features.std(axis=0)
-    x = (features - features.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
+    x = standardised(features, count)
     reps = np.ones(len(reward), dtype=np.int64) if count is None else np.asarray(count).astype(np.int64)
     check_rows_outside_each_fold(np.bincount(fold, weights=reps, minlength=folds))
     rng = np.random.default_rng(seed)

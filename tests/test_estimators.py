@@ -381,3 +381,18 @@ def test_standard_errors_survive_a_reward_offset_a_billion_times_their_spread(of
     means = np.array([noise[k == j].mean() for j in (0, 1)])
     # the means themselves are sums of n values near the offset: rounding of order n * 2e-16 * offset
     assert weighted.estimate - offset == pytest.approx(precision @ means / precision.sum(), abs=1e-6 + 1e-12 * offset)
+
+
+def test_merged_rows_fit_the_same_feature_model_as_the_rows_they_stand_for():
+    """The features were scaled over distinct rows, not weighted by their counts: q differed by up to 0.05."""
+    from mval.reward_model import cross_fit_model
+
+    rng = np.random.default_rng(0)
+    n, k = 50, 4
+    x = rng.normal(size=(n, 3)) * [1, 5, 30]
+    a, r, fold = rng.integers(k, size=n), (rng.random(n) < 0.4).astype(float), rng.integers(5, size=n)
+    count = rng.integers(1, 20, size=n)
+    rows = np.repeat(np.arange(n), count)
+    merged = cross_fit_model(x, a, r, k, fold, 5, count=count)
+    expanded = cross_fit_model(x[rows], a[rows], r[rows], k, fold[rows], 5)
+    np.testing.assert_allclose(merged[rows], expanded, atol=1e-6)

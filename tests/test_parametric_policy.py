@@ -47,3 +47,17 @@ def test_refuses_a_pickle(tmp_path):
 def test_refuses_misshaped_features():
     with pytest.raises(MvalError, match="one row per context"):
         fit_parametric_policy(np.ones((3, 2)), np.ones((4, 2)), np.full((4, 2), 0.5), 0.1)
+
+
+def test_a_diverging_fit_returns_its_best_iterate():
+    """lr 0.5 for 3,000 epochs on a c the features cannot represent diverged: the last Adam iterate scored
+    6.6e24 times the optimum. The best one is returned, which the first iterate alone bounds."""
+    rng = np.random.default_rng(0)
+    n, k = 200, 4
+    x = rng.normal(size=(n, 3)) * 50
+    c = np.exp(rng.normal(size=(n, k)))
+    c[:, 0] = 0.0
+    pi0 = np.full((n, k), 1 / k)
+    first = score_parametric_policy(fit_parametric_policy(x, c, pi0, 0.0, epochs=1, lr=0.5), x, c, pi0, 0.0)
+    long = score_parametric_policy(fit_parametric_policy(x, c, pi0, 0.0, epochs=3000, lr=0.5), x, c, pi0, 0.0)
+    assert long.ratio <= first.ratio + 1e-9 and np.isfinite(long.ratio)

@@ -283,3 +283,21 @@ def test_read_frame_keeps_19_digit_integers_exact_and_text_columns_as_text(tmp_p
     frame = read_frame(tmp_path / "d.csv", text=("id",))
     assert frame["label"].to_list() == [1234567890123456789, 1234567890123456788]
     assert frame["id"].to_list() == ["007", "008"] and frame["x"].to_list() == [1, 2]
+
+
+def test_the_old_and_new_rows_reward_models_ignore_the_features_units():
+    """m_hat (for the new rows and the design) was fitted on raw features, the cross-fitted q of the old rows on
+    scaled ones: the L2 penalty shrank them differently, which biased Balanced DR differently per design.
+    Both are now fitted on scaled features, so neither depends on the units of a feature."""
+    from dataclasses import replace
+
+    from mval.simulate import fit_reward_model
+
+    env = synthetic_env(contexts=30, actions=3, dim=2, overlap=0.5, seed=4)
+    rng = np.random.default_rng(2)
+    ctx, a, r = env.draw(env.logger, 400, rng)
+    q_rows, m_hat = fit_reward_model(env, ctx, a, r, seed=0)
+    rescaled = replace(env, features=env.features * [1000.0, 0.001])
+    q_rows2, m_hat2 = fit_reward_model(rescaled, ctx, a, r, seed=0)
+    np.testing.assert_allclose(q_rows2, q_rows, atol=1e-6)
+    np.testing.assert_allclose(m_hat2, m_hat, atol=1e-6)
