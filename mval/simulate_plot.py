@@ -1,4 +1,5 @@
-"""RMSE against budget for every design, with the bootstrap interval of each RMSE: a PNG."""
+"""RMSE against budget for every design, each with the paired bootstrap interval of its RMSE ratio to
+MVAL drawn around it (MVAL's RMSE times the ratio's bounds): a PNG."""
 
 from __future__ import annotations
 
