@@ -154,7 +154,8 @@ def supervised_env(
     if len(classes) < 2:
         raise MvalError(f"{name}: the label has {len(classes)} distinct value(s); need at least 2 classes")
     if len(y) < 10 * len(classes):
-        raise MvalError(f"{name}: {len(y)} rows for {len(classes)} classes; give at least 10 rows per class")
+        raise MvalError(f"{name}: {len(y)} rows for {len(classes)} classes; give at least 10 rows per class "
+                        "on average")
     rng = np.random.default_rng(seed)
     x = StandardScaler().fit_transform(np.asarray(x, dtype=float))
     k = len(classes)
@@ -262,7 +263,8 @@ def replay_env(
     pi scores each cell by its mean reward (shrunk to the action's mean, in standard units) at
     `target_temperature`; pi0 mixes that score with noise (`overlap`) and keeps a 5% uniform share.
     """
-    k = int(action.max()) + 1
+    # the logged propensity 1/K counts an action that never came up, which action.max() would miss
+    k = max(int(action.max()) + 1, int(round(1.0 / float(np.median(propensity)))))
     if not np.allclose(propensity, 1.0 / k, rtol=1e-6):
         bad = propensity[~np.isclose(propensity, 1.0 / k, rtol=1e-6)][0]
         raise MvalError(

@@ -301,3 +301,17 @@ def test_the_old_and_new_rows_reward_models_ignore_the_features_units():
     q_rows2, m_hat2 = fit_reward_model(rescaled, ctx, a, r, seed=0)
     np.testing.assert_allclose(q_rows2, q_rows, atol=1e-6)
     np.testing.assert_allclose(m_hat2, m_hat, atol=1e-6)
+
+
+def test_replay_counts_a_uniform_logger_action_that_never_came_up(store, tmp_path):
+    """Propensity 1/5 with actions 0-3 logged: the action count came from the largest logged action (4), so the
+    log was refused as not uniform. The fifth action has no rows, so every design is kept off it."""
+    from mval.environments import replay_from_store
+    from mval.store import open_store
+
+    _uniform_store(store, tmp_path, propensity=np.full(6000, 0.2))
+    with open_store(store, read_only=True) as con:
+        env = replay_from_store(con, "uniform")
+    assert env.n_actions == 5 and np.all(env.restrict(np.full((3, 5), 0.2))[:, 4] == 0)
+    ctx, action, reward = env.draw(env.target, 20_000, np.random.default_rng(1))
+    assert action.max() <= 3 and abs(reward.mean() - env.true_value) < 3 * reward.std() / np.sqrt(len(reward))
