@@ -14,8 +14,8 @@ Reward moments per (context, action), shrunk toward the action's mean with SHRIN
 with k = SHRINK_ROWS. IPS uses s = s2 = E[r^2]; DR (with reward model q = m) uses
 s = s2 - m^2 = E[(r - m)^2] (>= 0 by Jensen: both are the same convex combination). Both are
 computed from the moments of r - c, c the log's mean reward: the shrinkage is a weighted average,
-so shifting is exact, and s2 - m^2 no longer cancels when the rewards are large next to their spread. A user table
-(context_id, action, s) replaces s; rows with empty context_id apply to every context.
+so shifting is exact, and s2 - m^2 does not cancel when the rewards are large next to their spread.
+A user table (context_id, action, s) replaces s; rows with empty context_id apply to every context.
 """
 
 from __future__ import annotations
