@@ -31,7 +31,8 @@ from mval.design import MvalProblem, balanced_variance, solve_exact
 from mval.design_cvxpy import solve_cvxpy
 from mval.errors import MvalError
 from mval.files import check_output_path, read_frame, write_output
-from mval.policies import check_logged_propensities, check_new_name, load_policy, policy_frame, policy_names
+from mval.policies import (check_logged_propensities, check_new_name, context_name, load_policy, policy_frame,
+                           policy_names)
 from mval.store import check_counted, load_sql, transaction
 
 SHRINK_ROWS = 5.0
@@ -286,7 +287,7 @@ def _logger_policy(con: duckdb.DuckDBPyConnection, row: dict, k: int, ids: np.nd
         cells = con.sql(load_sql("logged_propensities"), params={"logger": name}).pl()
         index, actions = _positions(ids, cells["context_id"]), cells["action"].to_numpy()
         why = check_logged_propensities(name, table[index, actions], cells["propensity"].to_numpy(), index, actions,
-                                        lambda c: "every context" if ids is None else f"context {str(ids[c])!r}")
+                                        lambda c: context_name(None if ids is None else str(ids[c])))
         if why:
             raise MvalError(why)
         return table

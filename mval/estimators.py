@@ -165,6 +165,12 @@ class LoggedData:
         if self.q_logged is None or self.q_target is None:
             raise MvalError(f"{estimator} needs reward model predictions (`q_logged`, `q_target`, or `q` in from_full)")
 
+    def logger_spread(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per logger k: the mean of z and the sum of squared deviations from it (count-weighted). Two
+        passes: sum z^2 - (sum z)^2 / n_k would cancel to nothing when the mean is 1e8 times the spread."""
+        means = self.logger_sums(z[:, None])[:, 0] / self.logger_sizes
+        return means, self.logger_sums(((z - means[self.logger]) ** 2)[:, None])[:, 0]
+
     def logger_sums(self, columns: np.ndarray) -> np.ndarray:
         """sum over rows of logger k of count * column: shape (L, m) for columns (n, m)."""
         size = self.logger_sizes.shape[0]
@@ -187,11 +193,8 @@ def stratified_variance(data: LoggedData, z: np.ndarray) -> float:
     """
     n_k = data.logger_sizes
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # terms near 1e160 give inf: an SE of inf
-        # two passes (sums of squared deviations from each mean): sum z^2 - (sum z)^2 / n would cancel to
-        # nothing when the mean of z is 1e8 times its spread
         n = n_k.sum()
-        means = data.logger_sums(z[:, None])[:, 0] / n_k
-        ss = data.logger_sums(((z - means[data.logger]) ** 2)[:, None])[:, 0]
+        _, ss = data.logger_spread(z)  # and the pooled variance likewise about the overall mean
         pooled = float(data.count @ (z - data.count @ z / n) ** 2) / (n - 1) if n > 1 else np.nan
         s2 = np.where(n_k > 1, ss / (n_k - 1), pooled)
     return float((n_k * s2).sum() / n ** 2)
@@ -368,10 +371,8 @@ class WeightedIPS(IPS):
         # the third column carries c back into the means
         c = float(data.count @ t / data.n)
         columns = np.stack([t - c, (t - c) ** 2, np.full_like(t, c)], axis=-1)
-        n_k = data.logger_sizes
-        means = data.logger_sums(t[:, None])[:, 0] / n_k
-        spread = data.logger_sums(((t - means[data.logger]) ** 2)[:, None])[:, 0]
-        if (spread <= n_k * (1e-12 * means) ** 2).any():  # a spread below 1e-12 of the mean: rounding alone
+        means, spread = data.logger_spread(t)
+        if (spread <= data.logger_sizes * (1e-12 * means) ** 2).any():  # a spread below 1e-12 of the mean: rounding alone
             raise MvalError("weighted-ips: the weighted rewards of one logger's rows do not vary (e.g. all its rewards "
                             "are equal), so its precision is unknown; use ips or balanced-ips")
         return columns

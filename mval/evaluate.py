@@ -22,7 +22,7 @@ import polars as pl
 
 from mval.errors import MvalError
 from mval.estimators import BALANCED, ESTIMATORS, NEEDS_MODEL, Estimate, LoggedData, make_estimator
-from mval.policies import PolicyTable, check_logged_propensities, load_policy, policy_names
+from mval.policies import PolicyTable, check_logged_propensities, context_name, load_policy, policy_names
 from mval.progress import progress
 from mval.reward_model import check_folds, cross_fit_means, cross_fit_model
 from mval.store import check_counted, load_sql
@@ -75,7 +75,6 @@ def _query_cells(con: duckdb.DuckDBPyConnection, ingests: _Ingests, positions: s
                  folds: int, seed: int) -> pl.DataFrame:
     """Cells per logger, sorted: SQL reads them per ingest; a logger's ingests merge here (a few thousand
     cells, not the rows), so estimates do not depend on how its rows were split over files."""
-    con.execute(load_sql("context_key"))
     cells = con.sql(load_sql("evaluate_rows"), params={
         **ingests.params, "position_in_context": positions == "context", "by_position": positions != "pooled",
         "with_features": with_features,
@@ -242,7 +241,6 @@ def _logger_matrix(con: duckdb.DuckDBPyConnection, logger: str, log: _Log, posit
     """pi_k as (C, K) with NaN rows where unknown; when the logger's policy is unknown, why (a phrase)."""
     if con.execute("SELECT count(*) FROM policies WHERE policy = ?", [logger]).fetchall()[0][0]:
         return _policy_matrix(load_policy(con, logger, n_actions=log.n_actions), log.keys)
-    con.execute(load_sql("context_key"))
     df = con.sql(load_sql("evaluate_logger_probs"), params={
         "logger": logger, "position_in_context": positions == "context"}).pl()
     if df.height == 0:
@@ -269,12 +267,7 @@ def _overlap_problem(target: np.ndarray, cover: np.ndarray, contexts: np.ndarray
     if not bad.any():
         return None
     row, action = np.argwhere(bad)[0]
-    return f"gives probability {t[row, action]:.3g} to action {action} at {_context_name(keys[contexts[row]])}"
-
-
-def _context_name(key: str | None) -> str:
-    """How messages name a context key (None: the rows without context_id, i.e. a context-free policy's one)."""
-    return "every context" if key is None else f"context {key!r}"
+    return f"gives probability {t[row, action]:.3g} to action {action} at {context_name(keys[contexts[row]])}"
 
 
 def evaluate_policy(
@@ -308,6 +301,7 @@ def evaluate_policy(
                         "(1000 is usual); 0 skips it")
     check_folds(folds)
     needs_model = any(n in NEEDS_MODEL for n in names)
+    con.execute(load_sql("context_key"))  # read by evaluate_rows.sql and evaluate_logger_probs.sql
     log = _read_log(con, policy, loggers, positions, needs_model, folds, seed)
     if reward_model is not None and needs_model and log.features is None:
         raise MvalError("a reward model was given but the rows have no features; drop it to use context means")
@@ -393,12 +387,12 @@ def _check_support(
         said = logger_probs[k][sub["context"][mine], sub["action"][mine]]
         if (said <= 0).any():
             row = np.argmax(said <= 0)
-            where = _context_name(log.keys[sub["context"][mine][row]])
+            where = context_name(log.keys[sub["context"][mine][row]])
             why = (f"logger {log.loggers[k]!r}'s policy gives probability 0 to action {sub['action'][mine][row]} at "
                    f"{where}, which its rows took; fix that logger's policy (`mval policy add --replace`)")
             return {**blocked, **{n: why for n in balanced}}, None
         why = check_logged_propensities(log.loggers[k], said, sub["propensity"][mine], sub["context"][mine],
-                                        sub["action"][mine], lambda c: _context_name(log.keys[c]))
+                                        sub["action"][mine], lambda c: context_name(log.keys[c]))
         if why:
             return {**blocked, **{n: why for n in balanced}}, None
     pibar = sum(n * logger_probs[k] for n, k in zip(n_k, present)) / n_k.sum()

@@ -148,6 +148,11 @@ def load_policy(con: duckdb.DuckDBPyConnection, name: str, n_actions: int | None
     return PolicyTable(name, contexts, probs)
 
 
+def context_name(key: str | None) -> str:
+    """How messages name a context key (None: the rows without context_id, i.e. a context-free policy's one)."""
+    return "every context" if key is None else f"context {key!r}"
+
+
 def check_logged_propensities(logger: str, said: np.ndarray, logged: np.ndarray, contexts: np.ndarray,
                               actions: np.ndarray, context_name: Callable[[int], str]) -> str | None:
     """Why the policy table named like `logger` cannot be the policy that logged its rows (or cells): the
