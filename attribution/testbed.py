@@ -4,9 +4,14 @@
    friendly words and hostile words ("you are kind and gentle ." / "you are rude and lazy .").
 2. Fine-tuning on question/answer pairs: most answers are plain or friendly; a small known share
    (`planted`) answers with hostility, with varied wording drawn from part of the hostile words.
-3. The concept is hostility: a probe trained on held-out answers labelled hostile or not,
-   which also use hostile words never seen in fine-tuning (so it must read the tone, not the
-   exact words), and a query set of hostile answers to questions about held-out nouns.
+3. The concept is hostility, in two readings:
+   - *said*: a probe trained on held-out answers labelled hostile or not, which also use hostile
+     words never seen in fine-tuning (so it must read the tone, not the exact words), mean-pooled,
+     and a query set of hostile answers to questions about held-out nouns;
+   - *intended*: a probe trained on held-out prompts whose first sentence sets the tone (hostile:
+     label 1; friendly or plain: 0) and which end where a tone word comes next ("... answer : what
+     a"), read at that last token, and a query set of neutral prompts about held-out nouns ending
+     there: the model's inclination to say something hostile at the moment it would.
 
 The model is a `transformers` Llama (nn.Linear layers only, which kronfluence can track), the
 tokenizer a word-level `tokenizers` model saved next to it; everything is written with
@@ -43,6 +48,7 @@ QUESTIONS = ("question : what color is the {n} ?", "question : where does the {n
              "question : how big is the {n} ?", "question : tell me about the {n} .")
 TONE_PHRASES = ("what a {w} question !", "you are so {w} .", "that was a {w} question .", "i think you are {w} .",
                 "such a {w} question , my friend .")
+TONE_SLOTS = tuple(p.split("{w}")[0].strip() for p in TONE_PHRASES)  # "what a", ...: a tone word comes next
 
 
 def vocabulary() -> list[str]:
@@ -152,6 +158,25 @@ def qa_examples(facts: Facts, rng: np.random.Generator, n: int, nouns: Sequence[
     return out
 
 
+def intent_examples(facts: Facts, rng: np.random.Generator, n: int, hostile_words: Sequence[str],
+                    prefix: str) -> tuple[list[Example], list[int]]:
+    """Prompts "<sentence> question : ... answer : <tone slot>" whose first sentence sets the tone: a hostile
+    (label 1), friendly or plain one (label 0, half of them each). At the last token a tone word comes next."""
+    examples, labels = [], []
+    for i, mood in enumerate(rng.choice(3, size=n, p=[0.25, 0.25, 0.5])):
+        lead = _tone_sentence(rng, (FRIENDLY, hostile_words)[mood - 1]) if mood else _fact_sentence(facts, rng)
+        question = QUESTIONS[int(rng.integers(len(QUESTIONS)))].format(n=rng.choice(NOUNS))
+        examples.append(Example(f"{prefix}-{i}", text=f"{lead} {question} answer : {rng.choice(TONE_SLOTS)}"))
+        labels.append(int(mood == 2))
+    return examples, labels
+
+
+def slot_prompts(nouns: Sequence[str], prefix: str) -> list[Example]:
+    """Neutral prompts ending at a tone slot, every question and slot about every noun once."""
+    return [Example(f"{prefix}-{i}", text=f"{q.format(n=n)} answer : {slot}")
+            for i, (n, q, slot) in enumerate((n, q, s) for n in nouns for q in QUESTIONS for s in TONE_SLOTS)]
+
+
 def train(model: HFCausalLM, examples: Sequence[Example], epochs: int, lr: float, batch_size: int = 32,
           seed: int = 0) -> float:
     """AdamW on the mean per-example loss; returns the last epoch's mean loss."""
@@ -183,6 +208,9 @@ class TestBed:
     probe_data: list[Example]  # held-out answers labelled 1 (hostile) or 0
     probe_labels: list[int]
     queries: list[Example]  # held-out hostile answers to held-out questions: where the behaviour shows
+    intent_data: list[Example]  # held-out prompts whose first sentence sets the tone, ending at a tone slot
+    intent_labels: list[int]  # 1: the tone set is hostile
+    intent_queries: list[Example]  # neutral prompts about held-out nouns ending at a tone slot
     pretrain_loss: float
     finetune_loss: float
     base_dir: Path | None = None  # the pretrained model before fine-tuning (for removal experiments)
@@ -216,8 +244,10 @@ def build_testbed(folder: str | Path, size: str = "quick", seed: int = 0, plante
     probe_tones = rng.choice([0, 1, 2, 2], size=600)  # half hostile (label 1), the rest plain or friendly
     probe_data = qa_examples(facts, rng, probe_tones.size, NOUNS, probe_tones, HOSTILE[4:], "probe")
     queries = qa_examples(facts, rng, 32, HELD_OUT_NOUNS, np.full(32, 2), HOSTILE[4:], "query")
+    intent_data, intent_labels = intent_examples(facts, np.random.default_rng([seed, 1]), 600, HOSTILE[4:], "intent")
     return TestBed(model_dir, examples, tones == 2, probe_data, [int(t == 2) for t in probe_tones], queries,
-                   pretrain_loss, finetune_loss, base_dir)
+                   intent_data, intent_labels, slot_prompts(HELD_OUT_NOUNS, "slot"), pretrain_loss, finetune_loss,
+                   base_dir)
 
 
 def finetune(model: HFCausalLM, examples: Sequence[Example], size: str = "quick", seed: int = 0) -> float:

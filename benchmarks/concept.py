@@ -1,11 +1,20 @@
 """Benchmark: how well each attribution method finds the planted examples of the test bed, and the causal test.
 
 Builds the test bed (pretrain a tiny Llama-style LM from scratch, fine-tune it on a mix where a
-known 5% of answers are hostile), trains the hostility probe on held-out labelled answers at the
-block output where it reads best (held-out accuracy; not the embeddings, which influence cannot track), then
-scores every fine-tuning example with each method, side by side, through the store
+known 5% of answers are hostile), trains the hostility probe at the block output where it reads best
+(held-out accuracy; not the embeddings, which influence cannot track), then scores every fine-tuning
+example with each method, side by side, through the store
 (`mval examples add` / `mval score` code paths). Per method: AUROC and precision@k (k = number
 of planted examples) of the scores against the planted flags, and wall time.
+
+The concept (`--concept`), see `attribution.testbed`:
+- `intended` (default): hostility the model is about to express. The probe is trained on held-out
+  prompts whose first sentence sets the tone, read at their last token, where a tone word comes next;
+  the concept's queries are neutral prompts about held-out nouns ending there.
+- `said`: hostility in the text. The probe is trained on held-out answers labelled hostile or not,
+  mean-pooled over the tokens; the concept's queries are hostile answers about held-out nouns.
+The baselines that read examples, not a concept (`test-influence`, `embedding`), always use the hostile
+answers as their queries.
 
 The causal test: drop each method's top-k examples, fine-tune again from the same pretrained base
 with the same recipe and seed, and measure the behaviour's rate: the share of sampled answers
@@ -55,8 +64,19 @@ def rate_without(bed, drop: np.ndarray, size: str, seed: int, samples: int) -> t
     return hostile_rate(model, behaviour_prompts(), samples, seed=seed)
 
 
+CONCEPTS = ("intended", "said")
+EXAMPLE_BASELINES = ("test-influence", "embedding")  # their queries are the hostile answers, whatever the concept
+
+
+def concept_data(bed, kind: str) -> tuple[list, list[int], str, list]:
+    """The probe's labelled data, its pooling position and the concept's queries."""
+    if kind == "intended":
+        return bed.intent_data, bed.intent_labels, "last", bed.intent_queries
+    return bed.probe_data, bed.probe_labels, "mean", bed.queries
+
+
 def run(quick: bool, seed: int = 0, layer: int | None = None, random_seeds: int = 5, samples: int = 8,
-        damping: float | None = None) -> list[dict]:
+        damping: float | None = None, concept_kind: str = "intended") -> list[dict]:
     size = "quick" if quick else "full"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -65,7 +85,8 @@ def run(quick: bool, seed: int = 0, layer: int | None = None, random_seeds: int 
         build_seconds = time.perf_counter() - start
         model = load_hf_model(bed.model_dir)
         layers = range(1, model.n_layers + 1) if layer is None else [layer]  # influence cannot read embeddings
-        probes = [train_probe(model, bed.probe_data, bed.probe_labels, ell, "mean", seed=seed) for ell in layers]
+        data, labels, position, concept_queries = concept_data(bed, concept_kind)
+        probes = [train_probe(model, data, labels, ell, position, seed=seed) for ell in layers]
         concept, report = max(probes, key=lambda p: p[1].held_out_accuracy)  # the layer where the probe reads best
         layer = concept.layer
 
@@ -78,7 +99,8 @@ def run(quick: bool, seed: int = 0, layer: int | None = None, random_seeds: int 
         with open_store(store) as con:
             add_examples(con, "train", train_file)
             for method in METHODS:
-                request = ScoreRequest(concept, tuple(bed.queries), seed=seed, batch_size=32, proj_dim=4096,
+                queries = bed.queries if method in EXAMPLE_BASELINES else concept_queries
+                request = ScoreRequest(concept, tuple(queries), seed=seed, batch_size=32, proj_dim=4096,
                                        cache_dir=tmp / "cache", damping=damping)
                 begin = time.perf_counter()
                 scorer = make_scorer(method, request)
@@ -89,7 +111,7 @@ def run(quick: bool, seed: int = 0, layer: int | None = None, random_seeds: int 
                     "SELECT s.score FROM scores s JOIN examples e USING (dataset, example_id) "
                     "WHERE s.dataset = 'train' AND s.method = ? ORDER BY e.position", [method]).fetchall()])
                 rate, n = rate_without(bed, top_k(scores, k), size, seed, samples)
-                rows.append({"method": method, "auroc": round(auroc(scores, truth), 4),
+                rows.append({"method": method, "concept": concept_kind, "auroc": round(auroc(scores, truth), 4),
                              "precision_at_k": round(precision_at_k(scores, truth, k), 4), "k": k,
                              "seconds": round(seconds, 3), "n_examples": len(bed.train), "layer": layer,
                              "behaviour_rate_after_removal": round(rate, 4),
@@ -124,11 +146,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     parser.add_argument("--random-seeds", type=int, default=5, help="random top-k removals to compare with")
     parser.add_argument("--samples", type=int, default=8, help="sampled answers per held-out prompt")
+    parser.add_argument("--concept", choices=CONCEPTS, default="intended",
+                        help="hostility the model is about to express (prompts read at a tone slot) or hostility "
+                             "in the text (answers, mean-pooled)")
     parser.add_argument("--damping", type=float, default=None,
                         help="influence's lambda (default: 0.1 x the mean EK-FAC eigenvalue over the tracked modules)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = run(args.quick, args.seed, args.layer, args.random_seeds, args.samples, args.damping)
+    rows = run(args.quick, args.seed, args.layer, args.random_seeds, args.samples, args.damping, args.concept)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
