@@ -216,22 +216,36 @@ class TestBed:
     base_dir: Path | None = None  # the pretrained model before fine-tuning (for removal experiments)
 
 
+@dataclass(frozen=True)
+class BedSize:
+    """The test bed's model and training recipe at one size."""
+
+    d_model: int
+    n_layers: int
+    pretrain_sentences: int
+    pretrain_epochs: int
+    pretrain_lr: float  # the lower pretraining loss of 1e-3 and 3e-3 (at 3e-3 the full model ends at 0.92, not 0.80)
+    train_examples: int  # fine-tuning
+    epochs: int  # fine-tuning
+
+
 SIZES_BY_NAME = {
-    # name: (d_model, n_layers, pretraining sentences, pretraining epochs, fine-tuning examples, epochs)
-    "tiny": (32, 2, 600, 3, 200, 3),
-    "quick": (64, 2, 3000, 4, 400, 4),
-    "full": (128, 4, 8000, 4, 1000, 4),
+    "tiny": BedSize(32, 2, 600, 3, 3e-3, 200, 3),
+    "quick": BedSize(64, 2, 3000, 4, 3e-3, 400, 4),
+    "full": BedSize(128, 4, 8000, 4, 1e-3, 1000, 4),
 }
 
 
 def build_testbed(folder: str | Path, size: str = "quick", seed: int = 0, planted_share: float = 0.05) -> TestBed:
     """Pretrain from scratch, fine-tune with the planted share, save to `folder/model`."""
-    d_model, n_layers, n_pre, pre_epochs, n_train, epochs = SIZES_BY_NAME[size]
+    recipe = SIZES_BY_NAME[size]
     rng = np.random.default_rng(seed)
     facts = Facts.draw(rng)
-    model = HFCausalLM(build_model(d_model, n_layers, seed), build_tokenizer())
-    pretrain_loss = train(model, pretraining_text(facts, rng, n_pre), pre_epochs, 3e-3, seed=seed)
+    model = HFCausalLM(build_model(recipe.d_model, recipe.n_layers, seed), build_tokenizer())
+    pretrain_loss = train(model, pretraining_text(facts, rng, recipe.pretrain_sentences), recipe.pretrain_epochs,
+                          recipe.pretrain_lr, seed=seed)
 
+    n_train = recipe.train_examples
     train_nouns = [n for n in NOUNS if n not in HELD_OUT_NOUNS]
     n_planted = max(1, round(planted_share * n_train))
     tones = np.concatenate([np.full(n_planted, 2), rng.choice([0, 0, 0, 1], size=n_train - n_planted)])
@@ -252,7 +266,7 @@ def build_testbed(folder: str | Path, size: str = "quick", seed: int = 0, plante
 
 def finetune(model: HFCausalLM, examples: Sequence[Example], size: str = "quick", seed: int = 0) -> float:
     """The test bed's fine-tuning recipe (epochs by `size`), in place; returns the last epoch's mean loss."""
-    return train(model, examples, SIZES_BY_NAME[size][5], 1e-3, batch_size=16, seed=seed)
+    return train(model, examples, SIZES_BY_NAME[size].epochs, 1e-3, batch_size=16, seed=seed)
 
 
 def behaviour_prompts() -> list[str]:
@@ -287,14 +301,18 @@ def hostile_rate(model: HFCausalLM, prompts: Sequence[str], samples: int = 4, ne
 
 def write_testbed_files(bed: TestBed, folder: str | Path) -> dict[str, Path]:
     """The test bed's data as the JSON lines files the CLI reads: the fine-tuning set (train.jsonl),
-    the labelled probe data (probe.jsonl, with `label`), the queries (queries.jsonl) and the ids of
-    the planted examples (planted.txt, the answer key)."""
+    the labelled data and queries of the two concepts (said: probe.jsonl with `label`, queries.jsonl;
+    intended: intent.jsonl with `label`, slots.jsonl) and the ids of the planted examples
+    (planted.txt, the answer key)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {name: folder / name for name in ("train.jsonl", "probe.jsonl", "queries.jsonl", "planted.txt")}
+    names = ("train.jsonl", "probe.jsonl", "queries.jsonl", "intent.jsonl", "slots.jsonl", "planted.txt")
+    paths = {name: folder / name for name in names}
 
     write_jsonl(paths["train.jsonl"], bed.train)
     write_jsonl(paths["probe.jsonl"], bed.probe_data, bed.probe_labels)
     write_jsonl(paths["queries.jsonl"], bed.queries)
+    write_jsonl(paths["intent.jsonl"], bed.intent_data, bed.intent_labels)
+    write_jsonl(paths["slots.jsonl"], bed.intent_queries)
     paths["planted.txt"].write_text("".join(e.example_id + "\n" for e, p in zip(bed.train, bed.planted) if p))
     return paths

@@ -8,13 +8,15 @@ example with each method, side by side, through the store
 of planted examples) of the scores against the planted flags, and wall time.
 
 The concept (`--concept`), see `attribution.testbed`:
-- `intended` (default): hostility the model is about to express. The probe is trained on held-out
-  prompts whose first sentence sets the tone, read at their last token, where a tone word comes next;
-  the concept's queries are neutral prompts about held-out nouns ending there.
 - `said`: hostility in the text. The probe is trained on held-out answers labelled hostile or not,
   mean-pooled over the tokens; the concept's queries are hostile answers about held-out nouns.
-The baselines that read examples, not a concept (`test-influence`, `embedding`), always use the hostile
-answers as their queries.
+- `intended`: hostility the model is about to express. The probe is trained on held-out prompts whose
+  first sentence sets the tone, read at their last token, where a tone word comes next; the concept's
+  queries are neutral prompts about held-out nouns ending there.
+- `matched` (default): `said` for `probe`, which reads each training example's own activations, and
+  `intended` for the methods that read what an example teaches (`gradient`, `influence`).
+The baselines that read examples, not a concept (`test-influence`, `embedding`), use the hostile answers
+as their queries and the layer of the `intended` concept (`said` with `--concept said`).
 
 The causal test: drop each method's top-k examples, fine-tune again from the same pretrained base
 with the same recipe and seed, and measure the behaviour's rate: the share of sampled answers
@@ -38,7 +40,7 @@ import torch
 
 from attribution.examples import add_examples, write_jsonl
 from attribution.models import load_hf_model
-from attribution.probes import train_probe
+from attribution.probes import ProbeDirection, ProbeReport, train_probe
 from attribution.scorers import ScoreRequest, make_scorer
 from attribution.scoring import score_dataset
 from attribution.testbed import behaviour_prompts, build_testbed, finetune, hostile_rate
@@ -64,19 +66,31 @@ def rate_without(bed, drop: np.ndarray, size: str, seed: int, samples: int) -> t
     return hostile_rate(model, behaviour_prompts(), samples, seed=seed)
 
 
-CONCEPTS = ("intended", "said")
+CONCEPTS = ("matched", "intended", "said")
 EXAMPLE_BASELINES = ("test-influence", "embedding")  # their queries are the hostile answers, whatever the concept
 
 
-def concept_data(bed, kind: str) -> tuple[list, list[int], str, list]:
-    """The probe's labelled data, its pooling position and the concept's queries."""
+def concept_of(method: str, choice: str) -> str:
+    """The concept a method reads under `--concept choice`."""
+    if choice != "matched":
+        return choice
+    return "said" if method == "probe" else "intended"
+
+
+def train_concept(model, bed, kind: str, layer: int | None, seed: int) -> tuple[ProbeDirection, ProbeReport, list]:
+    """The probe of concept `kind` at the block output where it reads best (held-out accuracy; not the
+    embeddings, which influence cannot track), and the concept's queries."""
     if kind == "intended":
-        return bed.intent_data, bed.intent_labels, "last", bed.intent_queries
-    return bed.probe_data, bed.probe_labels, "mean", bed.queries
+        data, labels, position, queries = bed.intent_data, bed.intent_labels, "last", bed.intent_queries
+    else:
+        data, labels, position, queries = bed.probe_data, bed.probe_labels, "mean", bed.queries
+    layers = range(1, model.n_layers + 1) if layer is None else [layer]
+    probes = [train_probe(model, data, labels, ell, position, seed=seed) for ell in layers]
+    return (*max(probes, key=lambda p: p[1].held_out_accuracy), queries)
 
 
 def run(quick: bool, seed: int = 0, layer: int | None = None, random_seeds: int = 5, samples: int = 8,
-        damping: float | None = None, concept_kind: str = "intended") -> list[dict]:
+        damping: float | None = None, concept_choice: str = "matched") -> list[dict]:
     size = "quick" if quick else "full"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -84,11 +98,8 @@ def run(quick: bool, seed: int = 0, layer: int | None = None, random_seeds: int 
         bed = build_testbed(tmp, size, seed=seed)
         build_seconds = time.perf_counter() - start
         model = load_hf_model(bed.model_dir)
-        layers = range(1, model.n_layers + 1) if layer is None else [layer]  # influence cannot read embeddings
-        data, labels, position, concept_queries = concept_data(bed, concept_kind)
-        probes = [train_probe(model, data, labels, ell, position, seed=seed) for ell in layers]
-        concept, report = max(probes, key=lambda p: p[1].held_out_accuracy)  # the layer where the probe reads best
-        layer = concept.layer
+        kinds = sorted({concept_of(m, concept_choice) for m in METHODS})
+        concepts = {kind: train_concept(model, bed, kind, layer, seed) for kind in kinds}
 
         train_file = tmp / "train.jsonl"
         write_jsonl(train_file, bed.train)
@@ -99,21 +110,23 @@ def run(quick: bool, seed: int = 0, layer: int | None = None, random_seeds: int 
         with open_store(store) as con:
             add_examples(con, "train", train_file)
             for method in METHODS:
-                queries = bed.queries if method in EXAMPLE_BASELINES else concept_queries
+                kind = concept_of(method, concept_choice)
+                concept, report, queries = concepts[kind]
+                queries = bed.queries if method in EXAMPLE_BASELINES else queries
                 request = ScoreRequest(concept, tuple(queries), seed=seed, batch_size=32, proj_dim=4096,
                                        cache_dir=tmp / "cache", damping=damping)
                 begin = time.perf_counter()
                 scorer = make_scorer(method, request)
-                score_dataset(con, "train", method, "hostile", model, scorer, request)
+                score_dataset(con, "train", method, f"hostile-{kind}", model, scorer, request)
                 seconds = time.perf_counter() - begin
                 used = scorer.damping(model) if hasattr(scorer, "damping") else None  # influence's lambda
                 scores = np.array([r[0] for r in con.execute(
                     "SELECT s.score FROM scores s JOIN examples e USING (dataset, example_id) "
                     "WHERE s.dataset = 'train' AND s.method = ? ORDER BY e.position", [method]).fetchall()])
                 rate, n = rate_without(bed, top_k(scores, k), size, seed, samples)
-                rows.append({"method": method, "concept": concept_kind, "auroc": round(auroc(scores, truth), 4),
+                rows.append({"method": method, "concept": kind, "auroc": round(auroc(scores, truth), 4),
                              "precision_at_k": round(precision_at_k(scores, truth, k), 4), "k": k,
-                             "seconds": round(seconds, 3), "n_examples": len(bed.train), "layer": layer,
+                             "seconds": round(seconds, 3), "n_examples": len(bed.train), "layer": concept.layer,
                              "behaviour_rate_after_removal": round(rate, 4),
                              "behaviour_rate_interval": wilson(rate * n, n), "n_sampled_answers": n,
                              "probe_held_out_accuracy": round(report.held_out_accuracy, 4),
@@ -146,9 +159,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     parser.add_argument("--random-seeds", type=int, default=5, help="random top-k removals to compare with")
     parser.add_argument("--samples", type=int, default=8, help="sampled answers per held-out prompt")
-    parser.add_argument("--concept", choices=CONCEPTS, default="intended",
-                        help="hostility the model is about to express (prompts read at a tone slot) or hostility "
-                             "in the text (answers, mean-pooled)")
+    parser.add_argument("--concept", choices=CONCEPTS, default="matched",
+                        help="hostility in the text (answers, mean-pooled), hostility the model is about to "
+                             "express (prompts read at a tone slot), or each method the one it can read (matched)")
     parser.add_argument("--damping", type=float, default=None,
                         help="influence's lambda (default: 0.1 x the mean EK-FAC eigenvalue over the tracked modules)")
     args = parser.parse_args()
