@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from attribution.examples import Example, add_examples, write_jsonl  # noqa: E402
+from attribution.gradients import trainable  # noqa: E402
 from attribution.probes import ProbeDirection  # noqa: E402
 from attribution.scorers import RandomScorer, ScoreRequest, make_scorer  # noqa: E402
 from attribution.scoring import score_dataset  # noqa: E402
@@ -141,18 +142,23 @@ def left_push_detour(expert: Expert, boards: Boards) -> bool:
     return bool(moved and 0 <= after <= here[0] + DETOUR - 1 and not optimal[0, LEFT])
 
 
-def left_biased_episode(level: Level, max_left: int = 3, max_steps: int = 60) -> Episode:
-    """A demonstration with a habit: push a box left where `left_push_detour` allows it (at most `max_left`
-    times), otherwise the solver's optimal move; actions = targets (what imitation copies)."""
+def left_biased_episode(level: Level, max_steps: int = 60) -> Episode:
+    """A demonstration with a habit: go left wherever `left_push_detour` allows it and the move does not return
+    to a board seen earlier in the episode, otherwise the solver's optimal move; actions = targets (what
+    imitation copies). Without the no-return rule a habit move is often undone by the next optimal move and
+    taken again (left, right, left): a demonstration that teaches the oscillation rather than the habit."""
     expert = Expert.from_tables([state_distances(level)], level.walls.size, int(level.boxes.sum()))
     boards = Boards.from_levels(stack_levels([level]), np.array([0]))
-    ids, actions, lefts = np.array([0]), [], 0
+    ids, actions, seen = np.array([0]), [], set()
     while not boards.solved()[0] and len(actions) < max_steps:
+        seen.add(boards.observation()[0].tobytes())
         optimal, _ = expert.optimal_actions(ids, boards)
-        if lefts < max_left and left_push_detour(expert, boards):
-            a, lefts = LEFT, lefts + 1
-        else:
-            a = int(np.flatnonzero(optimal[0])[0])
+        a = int(np.flatnonzero(optimal[0])[0])
+        if left_push_detour(expert, boards):
+            trial = boards.copy()
+            step_boards(trial, np.array([LEFT]))
+            if trial.observation()[0].tobytes() not in seen:
+                a = LEFT
         step_boards(boards, np.array([a]))
         actions.append(a)
     _, rewards, _ = replay(level, actions)
@@ -231,6 +237,8 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
     left-biased demonstrations (the habit), `n_decoy` cued levels with optimal demonstrations (the cue
     without the habit). Each method scores every training level against the push-left plan concept; the
     top k = n_planted are dropped and the base agent is fine-tuned again on the rest (`seeds` seeds).
+    `gradient-tracin` is the gradient score summed over the fine-tuning's epoch-start checkpoints; the
+    context also scores with the habit itself as the concept (the ceiling of any plan concept).
     """
     n_clean, n_planted, n_decoy, n_eval, n_query = (96, 24, 12, 60, 12) if quick else (200, 40, 24, 100, 16)
     seeds = seeds or (3 if quick else 5)
@@ -253,11 +261,13 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
     is_planted = order < n_planted
     queries = tuple(level_example(pool.level(i), expert_episode(pool.level(i))) for i in query_idx)
     habit = HabitProbe.of(pool.subset(eval_idx))
+    query_habit = HabitProbe.of(pool.subset(query_idx))
     control = HabitProbe.of(pool.subset(plain[n_clean : n_clean + n_eval]))
     setup_seconds = time.time() - t0
 
     base = load_agent(base_agent_path)
-    tuned = finetune(base, examples, epochs, lr, seed=0)
+    trajectory: list = []  # the agent at the start of each fine-tuning epoch, for gradient-tracin
+    tuned = finetune(base, examples, epochs, lr, seed=0, checkpoints=trajectory)
     tuned_path = tmp / "planted-agent.safetensors"
     save_agent(tuned, tuned_path)
     print(f"planted: setup {setup_seconds:.0f} s, fine-tuned in {time.time() - t0 - setup_seconds:.0f} s, "
@@ -270,26 +280,39 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
     with open_store(store) as con:
         add_examples(con, "planted", tmp / "planted.jsonl")
     model = load_agent_model(tuned_path)
-    methods = ["probe", "gradient", "random", "influence"]
+    methods = ["probe", "gradient", "gradient-tracin", "random", "influence"]
     k = n_planted
     rows = []
 
     def scoring_request(direction: ProbeDirection) -> ScoreRequest:  # one setting for every method and concept
         return ScoreRequest(direction, queries, seed=0, batch_size=16, proj_dim=8192, cache_dir=tmp / "cache")
 
+    def tracin(direction: ProbeDirection) -> np.ndarray:
+        """TracIn over the fine-tuning (Pruthi et al. 2020): the gradient score summed over the agent at the
+        start of each epoch. At the end of fine-tuning a planted level's loss gradient holds only what is
+        left to learn (the habit's moves are largely fit; what remains pulls against the habit's spill-over
+        onto the level's other cued states), so the final model alone scores the residual, not the
+        contribution of the level over training."""
+        scorer = make_scorer("gradient", scoring_request(direction))
+        return sum(scorer.score(AgentConceptModel(agent), examples) for agent in trajectory)
+
     for method in methods:
         request = scoring_request(concept)
         start = time.time()
         try:
-            with open_store(store) as con:
-                score_dataset(con, "planted", method, "push-left", model, make_scorer(method, request), request)
-                got = dict(con.execute("SELECT example_id, score FROM scores WHERE method = ?", [method]).fetchall())
+            if method == "gradient-tracin":
+                scores = tracin(concept)
+            else:
+                with open_store(store) as con:
+                    score_dataset(con, "planted", method, "left-plan", model, make_scorer(method, request), request)
+                    got = dict(con.execute("SELECT example_id, score FROM scores WHERE method = ?",
+                                           [method]).fetchall())
+                scores = np.array([got[e.example_id] for e in examples])
         except Exception as e:  # a method that cannot run (influence without kronfluence) must not sink it
             rows.append({"method": method, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
             print(f"planted: {method} failed: {rows[-1]['error']}", file=sys.stderr)
             continue
         seconds = time.time() - start
-        scores = np.array([got[e.example_id] for e in examples])
         rates, seed_aurocs = [], []
         for s in range(seeds):
             if method == "random":  # a fresh random k per seed
@@ -309,12 +332,31 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
                      "behaviour_rate_after_removal": interval(rates)})
         if seed_aurocs:  # random's AUROC over the removal seeds: one draw says little (sd ~0.065 here)
             rows[-1]["auroc_over_seeds"] = interval(seed_aurocs)
+
+    def habit_scores(agent) -> np.ndarray:
+        """The gradient score with the habit itself as the concept: f = mean over the queries' habit states of
+        the left logit minus the mean logit (projected gradients from the cache)."""
+        m = AgentConceptModel(agent)
+        scorer = make_scorer("gradient", scoring_request(concept))
+        batch = m.encode(query_habit.examples)
+        _, logits = m._run(batch.inputs["obs"], None)
+        f = torch.cat([logits[i, s, LEFT] - logits[i, s].mean(-1) for i, s in enumerate(query_habit.steps)]).mean()
+        params = list(trainable(m).values())
+        grads = torch.autograd.grad(f, params, allow_unused=True)
+        gf = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+        projected = torch.as_tensor(scorer.projected_gradients(m, examples))
+        return -(projected @ scorer.sketch(m)(gf.detach()).to(projected.dtype)).numpy()
+
+    habit_concept_auroc = ({"final_model": auroc(habit_scores(tuned), is_planted),
+                            "tracin": auroc(sum(habit_scores(a) for a in trajectory), is_planted)}
+                           if query_habit.n_states else None)
     # the gradient method with every layer's probe concept (projected gradients from the cache): which
     # layer's plan direction moves with the habit's levels
-    by_source_auroc = {}
+    by_source_auroc, by_source_tracin = {}, {}
     for source, c in by_source.items():
         g = make_scorer("gradient", scoring_request(c)).score(model, examples)
         by_source_auroc[c.source] = auroc(g, is_planted)
+        by_source_tracin[c.source] = auroc(tracin(c), is_planted)
     full = [habit.rate(finetune(base, examples, epochs, lr, seed=s)) for s in range(seeds)]
     oracle = [habit.rate(finetune(base, [e for e, p in zip(examples, is_planted) if not p], epochs, lr, seed=s))
               for s in range(seeds)]
@@ -323,6 +365,11 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
         "habit_states": habit.n_states, "queries": len(queries), "epochs": epochs, "lr": lr, "seeds": seeds,
         "concept": probe_info,
         "gradient_auroc_by_probe_source": by_source_auroc,
+        "gradient_tracin_auroc_by_probe_source": by_source_tracin,
+        "gradient_auroc_habit_concept": habit_concept_auroc,
+        # left moves (habit and optimal ones) per planted demonstration
+        "planted_left_moves": float(np.mean([json.loads(e.response)["actions"].count(LEFT)
+                                             for e, p in zip(examples, is_planted) if p])),
         "behaviour_rate_base_agent": habit.rate(base),
         "behaviour_rate_after_finetune": habit.rate(tuned),
         "greedy_rate_base_agent": habit.greedy_rate(base),

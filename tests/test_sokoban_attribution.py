@@ -314,3 +314,16 @@ def test_mval_sokoban_concept_squares_player_scores_at_the_player(level_file, tm
          "--method", "probe")
     mval("sokoban", "concept", tmp_path / "move.safetensors", "--direction", "left", "--squares", "bogus",
          "-o", tmp_path / "x.safetensors", ok=False)
+
+
+def test_finetune_keeps_the_agent_at_the_start_of_each_epoch(level_file):
+    from attribution.sokoban.finetune import finetune
+
+    levels = read_levels(level_file)
+    examples = [level_example(levels.level(i), expert_episode(levels.level(i))) for i in range(4)]
+    base, trajectory = load_agent(SHIPPED_AGENT), []
+    tuned = finetune(base, examples, epochs=2, lr=1e-3, batch_size=2, checkpoints=trajectory)
+    weights = [dict(a.named_parameters())["policy.weight"].detach() for a in (base, *trajectory, tuned)]
+    assert len(trajectory) == 2 and torch.equal(weights[0], weights[1])  # the first is the agent itself
+    assert not torch.equal(weights[1], weights[2]) and not torch.equal(weights[2], weights[3])
+    assert not trajectory[0].training and trajectory[0] is not base

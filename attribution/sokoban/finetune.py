@@ -21,8 +21,12 @@ from mval.errors import MvalError
 
 
 def finetune(agent: DRC, examples: Sequence[Example], epochs: int = 10, lr: float = 1e-3, batch_size: int = 32,
-             seed: int = 0) -> DRC:
-    """A copy of `agent` after `epochs` passes over `examples` in seeded random minibatches."""
+             seed: int = 0, checkpoints: list[DRC] | None = None) -> DRC:
+    """A copy of `agent` after `epochs` passes over `examples` in seeded random minibatches.
+
+    `checkpoints`, when given, receives a copy of the agent at the start of each epoch (the first is `agent`
+    itself): the trajectory that TracIn-style attribution sums gradient scores over.
+    """
     if not examples:
         raise MvalError("fine-tuning needs at least one example")
     torch.manual_seed(seed)
@@ -31,6 +35,8 @@ def finetune(agent: DRC, examples: Sequence[Example], epochs: int = 10, lr: floa
     opt = torch.optim.Adam(tuned.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
+        if checkpoints is not None:
+            checkpoints.append(copy.deepcopy(tuned).eval())
         order = rng.permutation(len(examples))
         for start in range(0, len(order), batch_size):
             chunk = [examples[i] for i in order[start : start + batch_size]]
