@@ -20,6 +20,7 @@ tokenizer a word-level `tokenizers` model saved next to it; everything is writte
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,7 +175,7 @@ def intent_examples(facts: Facts, rng: np.random.Generator, n: int, hostile_word
 def slot_prompts(nouns: Sequence[str], prefix: str) -> list[Example]:
     """Neutral prompts ending at a tone slot, every question and slot about every noun once."""
     return [Example(f"{prefix}-{i}", text=f"{q.format(n=n)} answer : {slot}")
-            for i, (n, q, slot) in enumerate((n, q, s) for n in nouns for q in QUESTIONS for s in TONE_SLOTS)]
+            for i, (n, q, slot) in enumerate(itertools.product(nouns, QUESTIONS, TONE_SLOTS))]
 
 
 def train(model: HFCausalLM, examples: Sequence[Example], epochs: int, lr: float, batch_size: int = 32,

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from attribution.examples import Example, add_examples, write_jsonl  # noqa: E402
-from attribution.gradients import trainable  # noqa: E402
+from attribution.gradients import flat_grad  # noqa: E402
 from attribution.probes import ProbeDirection  # noqa: E402
 from attribution.scorers import RandomScorer, ScoreRequest, make_scorer  # noqa: E402
 from attribution.scoring import score_dataset  # noqa: E402
@@ -338,12 +338,12 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
         the left logit minus the mean logit (projected gradients from the cache)."""
         m = AgentConceptModel(agent)
         scorer = make_scorer("gradient", scoring_request(concept))
-        batch = m.encode(query_habit.examples)
-        _, logits = m._run(batch.inputs["obs"], None)
+        logits = m.logits(m.encode(query_habit.examples))
         f = torch.cat([logits[i, s, LEFT] - logits[i, s].mean(-1) for i, s in enumerate(query_habit.steps)]).mean()
-        params = list(trainable(m).values())
-        grads = torch.autograd.grad(f, params, allow_unused=True)
-        gf = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+        m.module.zero_grad(set_to_none=True)
+        f.backward()
+        gf = flat_grad(m)
+        m.module.zero_grad(set_to_none=True)
         projected = torch.as_tensor(scorer.projected_gradients(m, examples))
         return -(projected @ scorer.sketch(m)(gf.detach()).to(projected.dtype)).numpy()
 

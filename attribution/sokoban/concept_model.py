@@ -116,8 +116,12 @@ class AgentConceptModel:
             raise MvalError(f"--concept: made for the agent with weights {concept.model}, not this one "
                             f"(weights {found}); {remake}")
 
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """The policy's logits at each step of each example's episode: [B, T, 4]."""
+        return self._run(batch.inputs["obs"], None)[1]
+
     def example_losses(self, batch: Batch) -> torch.Tensor:
-        _, logits = self._run(batch.inputs["obs"], None)
+        logits = self.logits(batch)
         targets = batch.inputs["targets"]
         taught = ((targets >= 0) & batch.mask).to(logits.dtype)
         nll = -F.log_softmax(logits, -1).gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)
@@ -127,7 +131,7 @@ class AgentConceptModel:
         """pi(. | history) along each example's episode [B, T, 4], and its mask [B, T]."""
         batch = self.encode(examples)
         with torch.no_grad():
-            _, logits = self._run(batch.inputs["obs"], None)
+            logits = self.logits(batch)
         return logits.softmax(-1), batch.mask
 
 
