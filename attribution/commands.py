@@ -139,7 +139,9 @@ def check_cache_dir(path: Path) -> Path:
 @click.option("--method", default="probe", show_default=True,
               help="probe, gradient, influence, test-influence, embedding or random (and any other registered method).")
 @click.option("--queries", type=click.Path(dir_okay=False),
-              help="JSON lines of prompts where the behaviour shows (needed by all but probe and random).")
+              help="JSON lines of prompts where the behaviour shows (needed by all but probe and random); for "
+                   "gradient and influence, prompts that end where it would start, with a concept read there "
+                   "(`probe train --position last`).")
 @click.option("--concept-name", help="Name of the concept in `scores` (default: the probe file's stem).")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--proj-dim", type=int, default=4096, show_default=True, help="Dimensions of projected gradients.")
