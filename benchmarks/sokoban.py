@@ -238,7 +238,7 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
     without the habit). Each method scores every training level against the push-left plan concept; the
     top k = n_planted are dropped and the base agent is fine-tuned again on the rest (`seeds` seeds).
     `gradient-tracin` is the gradient score summed over the fine-tuning's epoch-start checkpoints; the
-    context also scores with the habit itself as the concept (the ceiling of any plan concept).
+    context also scores with the habit itself as the concept (what a concept that tracks the behaviour reaches).
     """
     n_clean, n_planted, n_decoy, n_eval, n_query = (96, 24, 12, 60, 12) if quick else (200, 40, 24, 100, 16)
     seeds = seeds or (3 if quick else 5)
