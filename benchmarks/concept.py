@@ -19,10 +19,14 @@ The baselines that read examples, not a concept (`test-influence`, `embedding`),
 as their queries and the layer of the `intended` concept (`said` with `--concept said`).
 
 The causal test: drop each method's top-k examples, fine-tune again from the same pretrained base
-with the same recipe and seed, and measure the behaviour's rate: the share of sampled answers
-(temperature 1, same sampling seed for every model) to held-out prompts that contain a hostile
-word, with a Wilson 95% interval. The reference is dropping k random examples, `--random-seeds`
-times, with a 95% t-interval of the mean rate.
+with the same recipe, and measure the behaviour's rate: the share of sampled answers (temperature 1)
+to held-out prompts that contain a hostile word. Fine-tuning runs differ by more than the sampling
+noise (the data order alone moves the rate by a few points), so every removal is fine-tuned with
+`--removal-seeds` seeds (training seed r also seeds the sampling; every method sees the same seeds),
+reported as the mean and a 95% t-interval over them. The reference drops k random examples, a fresh
+draw per seed; `p_below_random` is a one-sided Welch t-test of a method's rates against random's,
+and `below_random` means p < 0.05. The rates without removal and without the planted examples are
+measured the same way.
 
     python benchmarks/concept.py [--quick] [--json]
 """
@@ -45,25 +49,29 @@ from attribution.scorers import ScoreRequest, make_scorer
 from attribution.scoring import score_dataset
 from attribution.testbed import behaviour_prompts, build_testbed, finetune, hostile_rate
 from mval.store import init_store, open_store
-from planted_metrics import auroc, precision_at_k, t_interval, top_k
+from planted_metrics import auroc, p_below, precision_at_k, t_interval, top_k
 
 METHODS = ("probe", "gradient", "influence", "test-influence", "embedding", "random")
 
 
-def wilson(hits: float, n: int, z: float = 1.96) -> list[float]:
-    """95% Wilson score interval of a binomial proportion."""
-    p = hits / n
-    centre, half = p + z * z / (2 * n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return [round(float((centre - half) / (1 + z * z / n)), 4), round(float((centre + half) / (1 + z * z / n)), 4)]
-
-
-def rate_without(bed, drop: np.ndarray, size: str, seed: int, samples: int) -> tuple[float, int]:
-    """Behaviour rate of the base fine-tuned (same recipe, same seed) on the set minus `drop` (indices)."""
+def rate_without(bed, drop: np.ndarray, size: str, seed: int, samples: int) -> float:
+    """Behaviour rate of the base fine-tuned (same recipe, training and sampling seed `seed`) on the set
+    minus `drop` (indices)."""
     keep = np.ones(len(bed.train), bool)
     keep[drop] = False
     model = load_hf_model(bed.base_dir)
     finetune(model, [e for e, k in zip(bed.train, keep) if k], size, seed)
-    return hostile_rate(model, behaviour_prompts(), samples, seed=seed)
+    return hostile_rate(model, behaviour_prompts(), samples, seed=seed)[0]
+
+
+def rates_without(bed, drop: np.ndarray, size: str, seeds: list[int], samples: int) -> list[float]:
+    return [rate_without(bed, drop, size, s, samples) for s in seeds]
+
+
+def summary(rates: list[float]) -> dict:
+    """Mean, 95% t-interval and per-seed values of a removal's rates."""
+    mean, low, high = t_interval(rates)
+    return {"mean": round(mean, 4), "interval": [round(low, 4), round(high, 4)], "per_seed": [round(r, 4) for r in rates]}
 
 
 CONCEPTS = ("matched", "intended", "said")
@@ -89,9 +97,10 @@ def train_concept(model, bed, kind: str, layer: int | None, seed: int) -> tuple[
     return (*max(probes, key=lambda p: p[1].held_out_accuracy), queries)
 
 
-def run(quick: bool, seed: int = 0, layer: int | None = None, random_seeds: int = 5, samples: int = 8,
+def run(quick: bool, seed: int = 0, layer: int | None = None, removal_seeds: int = 5, samples: int = 8,
         damping: float | None = None, concept_choice: str = "matched") -> list[dict]:
     size = "quick" if quick else "full"
+    seeds = [seed + 100 * r for r in range(removal_seeds)]  # fine-tuning (and sampling) seeds of every removal
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         start = time.perf_counter()
@@ -123,29 +132,26 @@ def run(quick: bool, seed: int = 0, layer: int | None = None, random_seeds: int 
                 scores = np.array([r[0] for r in con.execute(
                     "SELECT s.score FROM scores s JOIN examples e USING (dataset, example_id) "
                     "WHERE s.dataset = 'train' AND s.method = ? ORDER BY e.position", [method]).fetchall()])
-                rate, n = rate_without(bed, top_k(scores, k), size, seed, samples)
+                rates = rates_without(bed, top_k(scores, k), size, seeds, samples)
                 rows.append({"method": method, "concept": kind, "auroc": round(auroc(scores, truth), 4),
                              "precision_at_k": round(precision_at_k(scores, truth, k), 4), "k": k,
                              "seconds": round(seconds, 3), "n_examples": len(bed.train), "layer": concept.layer,
-                             "behaviour_rate_after_removal": round(rate, 4),
-                             "behaviour_rate_interval": wilson(rate * n, n), "n_sampled_answers": n,
+                             "behaviour_rate_after_removal": summary(rates)["mean"], "removal": summary(rates),
                              "probe_held_out_accuracy": round(report.held_out_accuracy, 4),
                              "build_seconds": round(build_seconds, 1), "finetune_loss": round(bed.finetune_loss, 4),
                              **({"damping": float(f"{used:.4g}")} if used is not None else {})})
-        full_rate, _ = hostile_rate(load_hf_model(bed.model_dir), behaviour_prompts(), samples, seed=seed)
-        clean_rate, _ = rate_without(bed, np.flatnonzero(bed.planted), size, seed, samples)
-        random_rates = [rate_without(bed, np.random.default_rng([seed, r]).choice(len(bed.train), k, replace=False),
-                                     size, seed, samples)[0] for r in range(random_seeds)]
+        full = rates_without(bed, np.array([], int), size, seeds, samples)
+        clean = rates_without(bed, np.flatnonzero(bed.planted), size, seeds, samples)
+        random = [rate_without(bed, np.random.default_rng([seed, r]).choice(len(bed.train), k, replace=False),
+                               size, s, samples) for r, s in enumerate(seeds)]
     probe_seconds = next(r["seconds"] for r in rows if r["method"] == "probe")
-    interval = [round(bound, 4) for bound in t_interval(random_rates)[1:]]
+    n_answers = len(behaviour_prompts()) * samples
     for r in rows:
-        r["seconds_vs_probe"] = round(r["seconds"] / max(probe_seconds, 1e-9), 1)
-        r["behaviour_rate_full_data"] = round(full_rate, 4)
-        r["behaviour_rate_without_planted"] = round(clean_rate, 4)
-        r["random_removal_rate"] = round(float(np.mean(random_rates)), 4)
-        r["random_removal_interval"] = interval
-        r["random_removal_seeds"] = random_seeds
-        r["below_random"] = r["behaviour_rate_interval"][1] < interval[0]
+        p = p_below(r["removal"]["per_seed"], random)
+        r.update({"seconds_vs_probe": round(r["seconds"] / max(probe_seconds, 1e-9), 1),
+                  "behaviour_rate_full_data": summary(full), "behaviour_rate_without_planted": summary(clean),
+                  "random_removal": summary(random), "removal_seeds": seeds, "n_answers_per_seed": n_answers,
+                  "p_below_random": float(f"{p:.3g}"), "below_random": p < 0.05})
     return rows
 
 
@@ -157,7 +163,8 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=None,
                         help="probe layer (default: of 1..n_layers, the one with the best held-out probe accuracy)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
-    parser.add_argument("--random-seeds", type=int, default=5, help="random top-k removals to compare with")
+    parser.add_argument("--removal-seeds", type=int, default=5,
+                        help="fine-tuning seeds of every removal (random: a fresh draw of k per seed); at least 2")
     parser.add_argument("--samples", type=int, default=8, help="sampled answers per held-out prompt")
     parser.add_argument("--concept", choices=CONCEPTS, default="matched",
                         help="hostility in the text (answers, mean-pooled), hostility the model is about to "
@@ -165,20 +172,22 @@ def main() -> None:
     parser.add_argument("--damping", type=float, default=None,
                         help="influence's lambda (default: 0.1 x the mean EK-FAC eigenvalue over the tracked modules)")
     args = parser.parse_args()
+    if args.removal_seeds < 2:
+        parser.error("--removal-seeds: give at least 2 (the interval and the test need a spread)")
     torch.set_num_threads(args.threads)
-    rows = run(args.quick, args.seed, args.layer, args.random_seeds, args.samples, args.damping, args.concept)
+    rows = run(args.quick, args.seed, args.layer, args.removal_seeds, args.samples, args.damping, args.concept)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
         r = rows[0]
-        print(f"behaviour rate: {r['behaviour_rate_full_data']:.3f} with all data, "
-              f"{r['behaviour_rate_without_planted']:.3f} without the planted examples, "
-              f"{r['random_removal_rate']:.3f} {r['random_removal_interval']} after dropping {r['k']} random examples")
+        print(f"behaviour rate (mean over {len(r['removal_seeds'])} fine-tuning seeds, 95% interval): "
+              f"{r['behaviour_rate_full_data']['mean']:.3f} with all data, "
+              f"{r['behaviour_rate_without_planted']['mean']:.3f} without the planted examples, "
+              f"{r['random_removal']['mean']:.3f} {r['random_removal']['interval']} after dropping {r['k']} random ones")
         for r in rows:
             print(f"{r['method']:>14}  AUROC {r['auroc']:.3f}  precision@{r['k']} {r['precision_at_k']:.3f}  "
-                  f"rate after removal {r['behaviour_rate_after_removal']:.3f} {r['behaviour_rate_interval']}  "
-                  f"{r['seconds']:.2f} s ({r['seconds_vs_probe']}x probe)")
-
+                  f"rate after removal {r['removal']['mean']:.3f} {r['removal']['interval']} "
+                  f"(p vs random {r['p_below_random']:.2g})  {r['seconds']:.2f} s ({r['seconds_vs_probe']}x probe)")
 
 if __name__ == "__main__":
     main()

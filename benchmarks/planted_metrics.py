@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import t
+from scipy.stats import t, ttest_ind
 from sklearn.metrics import roc_auc_score
 
 
@@ -27,3 +27,8 @@ def t_interval(values: list[float]) -> tuple[float, float, float]:
     v = np.asarray(values, float)
     half = float(t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
     return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
+
+
+def p_below(values: list[float], reference: list[float]) -> float:
+    """One-sided Welch t-test p-value of mean(values) < mean(reference) (unequal variances)."""
+    return float(ttest_ind(values, reference, equal_var=False, alternative="less").pvalue)

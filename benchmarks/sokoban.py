@@ -56,7 +56,7 @@ from attribution.sokoban.probes import (  # noqa: E402
 from attribution.sokoban.train import Trainer, TrainConfig  # noqa: E402
 from mval.errors import MvalError  # noqa: E402
 from mval.store import init_store, open_store  # noqa: E402
-from planted_metrics import auroc, precision_at_k, t_interval, top_k  # noqa: E402
+from planted_metrics import auroc, p_below, precision_at_k, t_interval, top_k  # noqa: E402
 
 LEFT = 2
 
@@ -332,6 +332,12 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
                      "behaviour_rate_after_removal": interval(rates)})
         if seed_aurocs:  # random's AUROC over the removal seeds: one draw says little (sd ~0.065 here)
             rows[-1]["auroc_over_seeds"] = interval(seed_aurocs)
+
+    random_rates = next((r["behaviour_rate_after_removal"]["per_seed"] for r in rows if r["method"] == "random"), None)
+    for r in rows:  # one-sided Welch t-test against random removal, as in benchmarks/concept.py
+        if random_rates and "behaviour_rate_after_removal" in r and r["method"] != "random":
+            p = p_below(r["behaviour_rate_after_removal"]["per_seed"], random_rates)
+            r["p_below_random"], r["below_random"] = float(f"{p:.3g}"), p < 0.05
 
     def habit_scores(agent) -> np.ndarray:
         """The gradient score with the habit itself as the concept: f = mean over the queries' habit states of
