@@ -23,9 +23,12 @@ with the same recipe, and measure the behaviour's rate: the share of sampled ans
 to held-out prompts that contain a hostile word. Fine-tuning runs differ by more than the sampling
 noise (the data order alone moves the rate by a few points), so every removal is fine-tuned with
 `--removal-seeds` seeds (training seed r also seeds the sampling; every method sees the same seeds),
-reported as the mean and a 95% t-interval over them. The reference drops k random examples, a fresh
-draw per seed; `p_below_random` is a one-sided Welch t-test of a method's rates against random's,
-and `below_random` means p < 0.05. The rates without removal and without the planted examples are
+reported as the mean and a 95% t-interval over them. The reference drops k random examples,
+`--random-draws` fresh draws (draw r fine-tuned with the r-th seed, cycling): removing random
+examples moves the rate more than reseeding alone, so it gets more runs. `p_below_random` is a
+one-sided t prediction test of a method's mean rate against the random removals' rates (does it beat a
+random removal, not the mean of random removals: `planted_metrics.p_below`), and `below_random` means
+p < 0.05. The rates without removal and without the planted examples are
 measured the same way.
 
     python benchmarks/concept.py [--quick] [--json]
@@ -98,7 +101,7 @@ def train_concept(model, bed, kind: str, layer: int | None, seed: int) -> tuple[
 
 
 def run(quick: bool, seed: int = 0, layer: int | None = None, removal_seeds: int = 5, samples: int = 8,
-        damping: float | None = None, concept_choice: str = "matched") -> list[dict]:
+        damping: float | None = None, concept_choice: str = "matched", random_draws: int = 10) -> list[dict]:
     size = "quick" if quick else "full"
     seeds = [seed + 100 * r for r in range(removal_seeds)]  # fine-tuning (and sampling) seeds of every removal
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,7 +146,7 @@ def run(quick: bool, seed: int = 0, layer: int | None = None, removal_seeds: int
         full = rates_without(bed, np.array([], int), size, seeds, samples)
         clean = rates_without(bed, np.flatnonzero(bed.planted), size, seeds, samples)
         random = [rate_without(bed, np.random.default_rng([seed, r]).choice(len(bed.train), k, replace=False),
-                               size, s, samples) for r, s in enumerate(seeds)]
+                               size, seeds[r % len(seeds)], samples) for r in range(random_draws)]
     probe_seconds = next(r["seconds"] for r in rows if r["method"] == "probe")
     n_answers = len(behaviour_prompts()) * samples
     for r in rows:
@@ -165,6 +168,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     parser.add_argument("--removal-seeds", type=int, default=5,
                         help="fine-tuning seeds of every removal (random: a fresh draw of k per seed); at least 2")
+    parser.add_argument("--random-draws", type=int, default=10,
+                        help="random removals of k examples, the reference (draw r uses the r-th removal seed, cycling)")
     parser.add_argument("--samples", type=int, default=8, help="sampled answers per held-out prompt")
     parser.add_argument("--concept", choices=CONCEPTS, default="matched",
                         help="hostility in the text (answers, mean-pooled), hostility the model is about to "
@@ -172,10 +177,11 @@ def main() -> None:
     parser.add_argument("--damping", type=float, default=None,
                         help="influence's lambda (default: 0.1 x the mean EK-FAC eigenvalue over the tracked modules)")
     args = parser.parse_args()
-    if args.removal_seeds < 2:
-        parser.error("--removal-seeds: give at least 2 (the interval and the test need a spread)")
+    if args.removal_seeds < 2 or args.random_draws < 2:
+        parser.error("--removal-seeds and --random-draws: give at least 2 (the interval and the test need a spread)")
     torch.set_num_threads(args.threads)
-    rows = run(args.quick, args.seed, args.layer, args.removal_seeds, args.samples, args.damping, args.concept)
+    rows = run(args.quick, args.seed, args.layer, args.removal_seeds, args.samples, args.damping, args.concept,
+               args.random_draws)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:

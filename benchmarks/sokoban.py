@@ -334,7 +334,7 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
             rows[-1]["auroc_over_seeds"] = interval(seed_aurocs)
 
     random_rates = next((r["behaviour_rate_after_removal"]["per_seed"] for r in rows if r["method"] == "random"), None)
-    for r in rows:  # one-sided Welch t-test against random removal, as in benchmarks/concept.py
+    for r in rows:  # does it beat a random removal (`planted_metrics.p_below`), as in benchmarks/concept.py
         if random_rates and "behaviour_rate_after_removal" in r and r["method"] != "random":
             p = p_below(r["behaviour_rate_after_removal"]["per_seed"], random_rates)
             r["p_below_random"], r["below_random"] = float(f"{p:.3g}"), p < 0.05
