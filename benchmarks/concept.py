@@ -26,10 +26,9 @@ noise (the data order alone moves the rate by a few points), so every removal is
 reported as the mean and a 95% t-interval over them. The reference drops k random examples,
 `--random-draws` fresh draws (draw r fine-tuned with the r-th seed, cycling): removing random
 examples moves the rate more than reseeding alone, so it gets more runs. `p_below_random` is a
-one-sided t prediction test of a method's mean rate against the random removals' rates (does it beat a
-random removal, not the mean of random removals: `planted_metrics.p_below`), and `below_random` means
-p < 0.05. The rates without removal and without the planted examples are
-measured the same way.
+one-sided t prediction test of a method's mean rate against the random removals' rates: does it
+beat a random removal, not the mean of random removals (`planted_metrics.p_below`); `below_random`
+means p < 0.05. The rates without removal and without the planted examples are measured the same way.
 
     python benchmarks/concept.py [--quick] [--json]
 """
@@ -167,7 +166,7 @@ def main() -> None:
                         help="probe layer (default: of 1..n_layers, the one with the best held-out probe accuracy)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     parser.add_argument("--removal-seeds", type=int, default=5,
-                        help="fine-tuning seeds of every removal (random: a fresh draw of k per seed); at least 2")
+                        help="fine-tuning seeds of every removal (the top-k of each method, none, the planted set)")
     parser.add_argument("--random-draws", type=int, default=10,
                         help="random removals of k examples, the reference (draw r uses the r-th removal seed, cycling)")
     parser.add_argument("--samples", type=int, default=8, help="sampled answers per held-out prompt")
@@ -194,6 +193,7 @@ def main() -> None:
             print(f"{r['method']:>14}  AUROC {r['auroc']:.3f}  precision@{r['k']} {r['precision_at_k']:.3f}  "
                   f"rate after removal {r['removal']['mean']:.3f} {r['removal']['interval']} "
                   f"(p vs random {r['p_below_random']:.2g})  {r['seconds']:.2f} s ({r['seconds_vs_probe']}x probe)")
+
 
 if __name__ == "__main__":
     main()

@@ -8,9 +8,9 @@
   output e with C zeros appended. Layers D+1..2D read the same states at the player's square only
   (layer D + d: [h_d, c_d] at the square the player stands on before the step's move, the square the
   move starts from; the policy itself reads the whole top-layer map and the encoder output through an
-  MLP, so no single square holds the decision). A per-square plan probe with weights w on h_d (or c_d) is, averaged
-  over squares (or at the player's square), v . hidden_states with v = [w, 0] (or [0, w]); see
-  `plan_concept`. `n_layers` is therefore 2D.
+  MLP, so no single square holds the decision). A per-square plan probe with weights w on h_d (or
+  c_d) is, averaged over squares (or at the player's square), v . hidden_states with v = [w, 0] (or
+  [0, w]); see `plan_concept`. `n_layers` is therefore 2D.
 - `example_losses(batch)`: mean over the taught steps of -log pi(target | history): the imitation
   (cross-entropy) loss of the level's episode, [B].
 
