@@ -126,6 +126,7 @@ def has_cue(level: Level) -> bool:
 
 
 DETOUR = 3  # a habit push costs at most this many extra moves
+RANDOM_DRAWS_PER_SEED = 3  # random removals per fine-tuning seed (the reference of the removal test)
 
 
 def left_push_detour(expert: Expert, boards: Boards) -> bool:
@@ -236,7 +237,8 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
     Training mix: `n_clean` levels without the cue (optimal demonstrations), `n_planted` cued levels with
     left-biased demonstrations (the habit), `n_decoy` cued levels with optimal demonstrations (the cue
     without the habit). Each method scores every training level against the push-left plan concept; the
-    top k = n_planted are dropped and the base agent is fine-tuned again on the rest (`seeds` seeds).
+    top k = n_planted are dropped and the base agent is fine-tuned again on the rest (`seeds` seeds; `random`
+    draws a fresh k RANDOM_DRAWS_PER_SEED times per seed, the reference of `p_below_random`).
     `gradient-tracin` is the gradient score summed over the fine-tuning's epoch-start checkpoints; the
     context also scores with the habit itself as the concept (what a concept that tracks the behaviour reaches).
     """
@@ -314,15 +316,16 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
             continue
         seconds = time.time() - start
         rates, seed_aurocs = [], []
-        for s in range(seeds):
-            if method == "random":  # a fresh random k per seed
+        # random is the reference of `p_below`: a fresh random k per draw, RANDOM_DRAWS_PER_SEED draws per seed
+        for s in range(seeds * RANDOM_DRAWS_PER_SEED if method == "random" else seeds):
+            if method == "random":
                 scores_s = RandomScorer(ScoreRequest(concept, seed=s)).score(model, examples)
                 seed_aurocs.append(auroc(scores_s, is_planted))
             else:
                 scores_s = scores
             drop = set(top_k(scores_s, k).tolist())
             kept = [e for i, e in enumerate(examples) if i not in drop]
-            rates.append(habit.rate(finetune(base, kept, epochs, lr, seed=s)))
+            rates.append(habit.rate(finetune(base, kept, epochs, lr, seed=s % seeds)))
         top = top_k(scores, k)
         print(f"planted: {method} scored in {seconds:.0f} s, AUROC {auroc(scores, is_planted):.3f}, "
               f"rate after removal {np.mean(rates):.3f} ({time.time() - t0:.0f} s so far)", file=sys.stderr)
@@ -330,7 +333,7 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
                      "precision_at_k": precision_at_k(scores, is_planted, k), "k": k, "seconds": seconds,
                      "decoys_in_top_k": int(np.isin(order[top], np.arange(n_planted, n_planted + n_decoy)).sum()),
                      "behaviour_rate_after_removal": interval(rates)})
-        if seed_aurocs:  # random's AUROC over the removal seeds: one draw says little (sd ~0.065 here)
+        if seed_aurocs:  # random's AUROC over its draws: one draw says little (sd ~0.065 here)
             rows[-1]["auroc_over_seeds"] = interval(seed_aurocs)
 
     random_rates = next((r["behaviour_rate_after_removal"]["per_seed"] for r in rows if r["method"] == "random"), None)
