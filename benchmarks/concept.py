@@ -51,7 +51,7 @@ from attribution.scorers import ScoreRequest, make_scorer
 from attribution.scoring import score_dataset
 from attribution.testbed import behaviour_prompts, build_testbed, finetune, hostile_rate
 from mval.store import init_store, open_store
-from planted_metrics import auroc, p_below, precision_at_k, t_interval, top_k
+from planted_metrics import auroc, interval, p_below, precision_at_k, top_k
 
 METHODS = ("probe", "gradient", "influence", "test-influence", "embedding", "random")
 
@@ -68,12 +68,6 @@ def rate_without(bed, drop: np.ndarray, size: str, seed: int, samples: int) -> f
 
 def rates_without(bed, drop: np.ndarray, size: str, seeds: list[int], samples: int) -> list[float]:
     return [rate_without(bed, drop, size, s, samples) for s in seeds]
-
-
-def summary(rates: list[float]) -> dict:
-    """Mean, 95% t-interval and per-seed values of a removal's rates."""
-    mean, low, high = t_interval(rates)
-    return {"mean": round(mean, 4), "interval": [round(low, 4), round(high, 4)], "per_seed": [round(r, 4) for r in rates]}
 
 
 CONCEPTS = ("matched", "intended", "said")
@@ -138,7 +132,7 @@ def run(quick: bool, seed: int = 0, layer: int | None = None, removal_seeds: int
                 rows.append({"method": method, "concept": kind, "auroc": round(auroc(scores, truth), 4),
                              "precision_at_k": round(precision_at_k(scores, truth, k), 4), "k": k,
                              "seconds": round(seconds, 3), "n_examples": len(bed.train), "layer": concept.layer,
-                             "behaviour_rate_after_removal": summary(rates)["mean"], "removal": summary(rates),
+                             "behaviour_rate_after_removal": round(float(np.mean(rates)), 4), "removal": interval(rates),
                              "probe_held_out_accuracy": round(report.held_out_accuracy, 4),
                              "build_seconds": round(build_seconds, 1), "finetune_loss": round(bed.finetune_loss, 4),
                              **({"damping": float(f"{used:.4g}")} if used is not None else {})})
@@ -151,8 +145,8 @@ def run(quick: bool, seed: int = 0, layer: int | None = None, removal_seeds: int
     for r in rows:
         p = p_below(r["removal"]["per_seed"], random)
         r.update({"seconds_vs_probe": round(r["seconds"] / max(probe_seconds, 1e-9), 1),
-                  "behaviour_rate_full_data": summary(full), "behaviour_rate_without_planted": summary(clean),
-                  "random_removal": summary(random), "removal_seeds": seeds, "n_answers_per_seed": n_answers,
+                  "behaviour_rate_full_data": interval(full), "behaviour_rate_without_planted": interval(clean),
+                  "random_removal": interval(random), "removal_seeds": seeds, "n_answers_per_seed": n_answers,
                   "p_below_random": float(f"{p:.3g}"), "below_random": p < 0.05})
     return rows
 
@@ -188,10 +182,11 @@ def main() -> None:
         print(f"behaviour rate (mean over {len(r['removal_seeds'])} fine-tuning seeds, 95% interval): "
               f"{r['behaviour_rate_full_data']['mean']:.3f} with all data, "
               f"{r['behaviour_rate_without_planted']['mean']:.3f} without the planted examples, "
-              f"{r['random_removal']['mean']:.3f} {r['random_removal']['interval']} after dropping {r['k']} random ones")
+              f"{r['random_removal']['mean']:.3f} [{r['random_removal']['ci_low']:.3f}, {r['random_removal']['ci_high']:.3f}] "
+              f"after dropping {r['k']} random ones")
         for r in rows:
             print(f"{r['method']:>14}  AUROC {r['auroc']:.3f}  precision@{r['k']} {r['precision_at_k']:.3f}  "
-                  f"rate after removal {r['removal']['mean']:.3f} {r['removal']['interval']} "
+                  f"rate after removal {r['removal']['mean']:.3f} [{r['removal']['ci_low']:.3f}, {r['removal']['ci_high']:.3f}] "
                   f"(p vs random {r['p_below_random']:.2g})  {r['seconds']:.2f} s ({r['seconds_vs_probe']}x probe)")
 
 

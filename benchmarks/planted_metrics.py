@@ -29,6 +29,12 @@ def t_interval(values: list[float]) -> tuple[float, float, float]:
     return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
 
 
+def interval(values: list[float]) -> dict:
+    """Mean, 95% t interval and the values themselves (over seeds or draws), as JSON."""
+    mean, low, high = t_interval(values)
+    return {"mean": mean, "ci_low": low, "ci_high": high, "per_seed": [float(x) for x in values]}
+
+
 def p_below(values: list[float], reference: list[float]) -> float:
     """One-sided p that a removal's rates (`values`, over fine-tuning seeds) beat a *random* removal's:
     the t prediction test of mean(values) as one more draw from `reference` (rates of random removals),

@@ -56,7 +56,7 @@ from attribution.sokoban.probes import (  # noqa: E402
 from attribution.sokoban.train import Trainer, TrainConfig  # noqa: E402
 from mval.errors import MvalError  # noqa: E402
 from mval.store import init_store, open_store  # noqa: E402
-from planted_metrics import auroc, p_below, precision_at_k, t_interval, top_k  # noqa: E402
+from planted_metrics import auroc, interval, p_below, precision_at_k, top_k  # noqa: E402
 
 LEFT = 2
 
@@ -205,12 +205,6 @@ class HabitProbe:
     @property
     def n_states(self) -> int:
         return int(sum(len(s) for s in self.steps))
-
-
-def interval(values: list[float]) -> dict:
-    """Mean and a 95% t interval over seeds."""
-    mean, low, high = t_interval(values)
-    return {"mean": mean, "ci_low": low, "ci_high": high, "per_seed": [float(x) for x in values]}
 
 
 def plan_probe_concepts(agent, levels: LevelSet, label: str = "box",
