@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from attribution.checkpoints import load_checkpoints
 from attribution.curate import curate as curate_dataset
 from attribution.examples import add_examples, read_jsonl
 from attribution.models import load_hf_model, load_model
@@ -137,7 +138,8 @@ def check_cache_dir(path: Path) -> Path:
 @click.option("--concept", "concept_file", required=True, type=click.Path(dir_okay=False),
               help="Probe file made by `mval probe train`.")
 @click.option("--method", default="probe", show_default=True,
-              help="probe, gradient, influence, test-influence, embedding or random (and any other registered method).")
+              help="probe, gradient, tracin, influence, test-influence, embedding or random (and any other "
+                   "registered method).")
 @click.option("--queries", type=click.Path(dir_okay=False),
               help="JSON lines of prompts where the behaviour shows (needed by all but probe and random); for "
                    "gradient and influence, prompts that end where it would start, with a concept read there "
@@ -148,6 +150,8 @@ def check_cache_dir(path: Path) -> Path:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the projection / random baseline.")
 @click.option("--damping", type=float, default=None,
               help="Influence only: lambda in (H + lambda I)^-1 [default: 0.1 x the mean EK-FAC eigenvalue].")
+@click.option("--checkpoint", "checkpoint_paths", multiple=True, type=click.Path(),
+              help="tracin only (repeat it): the model saved during its training, or a folder of such models.")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Projected gradients and EK-FAC factors (default: STORE.cache/ next to the store).")
 @click.option("--replace", is_flag=True, help="Delete earlier scores of this method and concept first.")
@@ -155,7 +159,7 @@ def check_cache_dir(path: Path) -> Path:
 @format_option("table", "json", "csv")
 def score(store: str, model_dir: str, dataset: str, concept_file: str, method: str, queries: str | None,
           concept_name: str | None, batch_size: int, proj_dim: int, seed: int, damping: float | None,
-          cache_dir: str | None, replace: bool, top: int, fmt: str) -> None:
+          checkpoint_paths: tuple[str, ...], cache_dir: str | None, replace: bool, top: int, fmt: str) -> None:
     """Score every example of a dataset against a concept; write `scores` and print the top ones.
 
     Higher means the example pushes the model towards the concept. A killed run resumes where it
@@ -167,19 +171,25 @@ def score(store: str, model_dir: str, dataset: str, concept_file: str, method: s
           --method gradient --queries prompts.jsonl
       mval score runs.duckdb --model ./sft-model --dataset sft --concept hostile.safetensors \\
           --method influence --queries prompts.jsonl
+      mval score runs.duckdb --model run/agent.safetensors --dataset levels --concept push-left.safetensors \\
+          --method tracin --queries queries.jsonl --checkpoint run/checkpoints
     """
     if damping is not None and method not in INFLUENCE_METHODS:
         raise MvalError(f"--damping {damping}: only --method {' and '.join(INFLUENCE_METHODS)} use it; "
                         f"leave it out for --method {method}")
+    if checkpoint_paths and method != "tracin":
+        raise MvalError(f"--checkpoint {checkpoint_paths[0]}: only --method tracin reads checkpoints; leave it out "
+                        f"for --method {method}")
     if queries is not None and not needs_queries(method):
         raise MvalError(f"--queries {queries}: --method {method} does not read a query set (it scores each example "
                         "on its own); leave --queries out")
     cache = check_cache_dir(Path(cache_dir) if cache_dir else Path(f"{store}.cache"))
     concept = load_probe(concept_file)
     query_set = tuple(read_jsonl(queries, with_id=False)[0]) if queries else ()
-    request = ScoreRequest(concept, query_set, seed, batch_size, proj_dim, cache, damping)
-    scorer = make_scorer(method, request)
     model = load_model(model_dir)
+    request = ScoreRequest(concept, query_set, seed, batch_size, proj_dim, cache, damping,
+                           load_checkpoints(model, checkpoint_paths))
+    scorer = make_scorer(method, request)
     name = concept_name or Path(concept_file).stem
     with open_store(store) as con:
         summary = score_dataset(con, dataset, method, name, model, scorer, request, replace=replace)

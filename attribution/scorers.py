@@ -5,6 +5,9 @@ Higher scores mean "drives the concept more". Methods:
 - `gradient`:  -(S grad f(theta)) . (S grad L(z; theta))  (S: seeded CountSketch to `proj_dim` dims)
                = the first-order increase of f from one gradient step on z, per unit step; the
                concept influence -grad f^T (H + lambda I)^-1 grad L(z) with H replaced by the identity.
+- `tracin`:    sum over checkpoints theta_c of the gradient score at theta_c (TracIn, Pruthi et al. 2020):
+               what each example contributed along the training run, not only what is left to learn at
+               its end (`request.checkpoints`, see `attribution.checkpoints`)
 - `embedding`: cos(pool_mean(h_layer(z)), mean over queries of pool_mean(h_layer(q)))   (baseline)
 - `random`:    uniform in [0, 1) from a hash of (seed, example content)              (baseline)
 - `influence`, `test-influence`: Concept Influence with an EK-FAC Hessian, and the classic influence on
@@ -27,6 +30,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from attribution.checkpoints import check_same_model
 from attribution.concept import activations, batches, concept_score
 from attribution.examples import Example
 from attribution.gradients import CountSketch, GradientCache, example_gradients, flat_grad, trainable
@@ -48,6 +52,8 @@ class ScoreRequest:
     damping: float | None = field(default=None, metadata={
         "help": "lambda of influence's (H + lambda I)^-1, one for all modules; None: 0.1 x the mean EK-FAC "
                 "eigenvalue over the tracked modules"})
+    checkpoints: tuple[ConceptModel, ...] = field(default=(), metadata={
+        "help": "tracin: the model at points of its training (`attribution.checkpoints.load_checkpoints`)"})
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -184,3 +190,25 @@ class GradientScorer:
         gf = self.concept_gradient(model)
         g = torch.as_tensor(self.projected_gradients(model, examples)).to(gf.dtype)
         return -(g @ gf).numpy()
+
+
+@register("tracin", needs_queries=True)
+@dataclass
+class TracInScorer:
+    """TracIn on the concept: sum over the checkpoints theta_c of -(S grad f(theta_c)) . (S grad L(z; theta_c)),
+    equal weights (a constant learning rate between checkpoints). The concept's direction, made for the final
+    model, is read in each checkpoint's activations; projections and caches as for `gradient`, per checkpoint."""
+
+    request: ScoreRequest
+    _gradient: GradientScorer = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.request.checkpoints:
+            raise MvalError("--method tracin needs the model's checkpoints: give --checkpoint PATH (a model saved "
+                            "during training, or a folder of them)")
+        self._gradient = GradientScorer(self.request)
+
+    def score(self, model: ConceptModel, examples: Sequence[Example]) -> np.ndarray:
+        for i, checkpoint in enumerate(self.request.checkpoints):
+            check_same_model(model, checkpoint, f"number {i + 1}")
+        return sum(self._gradient.score(c, examples) for c in self.request.checkpoints)

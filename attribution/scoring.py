@@ -56,8 +56,10 @@ def run_settings(model: ConceptModel, method: str, request: ScoreRequest, exampl
                 "direction": hashlib.sha256(c.vector.tobytes()).hexdigest(), "seed": request.seed}
     if needs_queries(method):
         settings["queries"] = examples_hash(request.queries)
-    if method == "gradient":
+    if method in ("gradient", "tracin"):
         settings["proj_dim"] = request.proj_dim
+    if method == "tracin":
+        settings["checkpoint_set"] = sorted(fingerprint(c) for c in request.checkpoints)
     if method in INFLUENCE_METHODS:
         settings["damping"] = request.damping
         settings["training_set"] = examples_hash(examples)

@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from attribution.checkpoints import load_checkpoints  # noqa: E402
 from attribution.examples import Example, add_examples, write_jsonl  # noqa: E402
 from attribution.gradients import flat_grad  # noqa: E402
 from attribution.probes import ProbeDirection  # noqa: E402
@@ -233,8 +234,9 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
     without the habit). Each method scores every training level against the push-left plan concept; the
     top k = n_planted are dropped and the base agent is fine-tuned again on the rest (`seeds` seeds; `random`
     draws a fresh k RANDOM_DRAWS_PER_SEED times per seed, the reference of `p_below_random`).
-    `gradient-tracin` is the gradient score summed over the fine-tuning's epoch-start checkpoints; the
-    context also scores with the habit itself as the concept (what a concept that tracks the behaviour reaches).
+    `tracin` is the gradient score summed over the fine-tuning's epoch-start checkpoints (`mval score --method
+    tracin`); the context also scores with the habit itself as the concept (what a concept that tracks the
+    behaviour reaches).
     """
     n_clean, n_planted, n_decoy, n_eval, n_query = (96, 24, 12, 60, 12) if quick else (200, 40, 24, 100, 16)
     seeds = seeds or (3 if quick else 5)
@@ -262,10 +264,13 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
     setup_seconds = time.time() - t0
 
     base = load_agent(base_agent_path)
-    trajectory: list = []  # the agent at the start of each fine-tuning epoch, for gradient-tracin
+    trajectory: list = []  # the agent at the start of each fine-tuning epoch, for tracin
     tuned = finetune(base, examples, epochs, lr, seed=0, checkpoints=trajectory)
     tuned_path = tmp / "planted-agent.safetensors"
     save_agent(tuned, tuned_path)
+    (tmp / "checkpoints").mkdir()
+    for i, agent in enumerate(trajectory):
+        save_agent(agent, tmp / "checkpoints" / f"agent-epoch-{i}.safetensors")
     print(f"planted: setup {setup_seconds:.0f} s, fine-tuned in {time.time() - t0 - setup_seconds:.0f} s, "
           f"habit {habit.rate(base):.3f} -> {habit.rate(tuned):.3f} on {habit.n_states} states", file=sys.stderr)
     probe_levels = held_out(n_probe_levels, np.concatenate([exclude, level_hashes(pool)]), seed=4242)
@@ -276,12 +281,14 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
     with open_store(store) as con:
         add_examples(con, "planted", tmp / "planted.jsonl")
     model = load_agent_model(tuned_path)
-    methods = ["probe", "gradient", "gradient-tracin", "random", "influence"]
+    checkpoints = load_checkpoints(model, [tmp / "checkpoints"])
+    methods = ["probe", "gradient", "tracin", "random", "influence"]
     k = n_planted
     rows = []
 
     def scoring_request(direction: ProbeDirection) -> ScoreRequest:  # one setting for every method and concept
-        return ScoreRequest(direction, queries, seed=0, batch_size=16, proj_dim=8192, cache_dir=tmp / "cache")
+        return ScoreRequest(direction, queries, seed=0, batch_size=16, proj_dim=8192, cache_dir=tmp / "cache",
+                            checkpoints=checkpoints)
 
     def tracin(direction: ProbeDirection) -> np.ndarray:
         """TracIn over the fine-tuning (Pruthi et al. 2020): the gradient score summed over the agent at the
@@ -289,21 +296,16 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
         left to learn (the habit's moves are largely fit; what remains pulls against the habit's spill-over
         onto the level's other cued states), so the final model alone scores the residual, not the
         contribution of the level over training."""
-        scorer = make_scorer("gradient", scoring_request(direction))
-        return sum(scorer.score(AgentConceptModel(agent), examples) for agent in trajectory)
+        return make_scorer("tracin", scoring_request(direction)).score(model, examples)
 
     for method in methods:
         request = scoring_request(concept)
         start = time.time()
         try:
-            if method == "gradient-tracin":
-                scores = tracin(concept)
-            else:
-                with open_store(store) as con:
-                    score_dataset(con, "planted", method, "left-plan", model, make_scorer(method, request), request)
-                    got = dict(con.execute("SELECT example_id, score FROM scores WHERE method = ?",
-                                           [method]).fetchall())
-                scores = np.array([got[e.example_id] for e in examples])
+            with open_store(store) as con:
+                score_dataset(con, "planted", method, "left-plan", model, make_scorer(method, request), request)
+                got = dict(con.execute("SELECT example_id, score FROM scores WHERE method = ?", [method]).fetchall())
+            scores = np.array([got[e.example_id] for e in examples])
         except Exception as e:  # a method that cannot run (influence without kronfluence) must not sink it
             rows.append({"method": method, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
             print(f"planted: {method} failed: {rows[-1]['error']}", file=sys.stderr)

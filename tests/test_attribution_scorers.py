@@ -160,7 +160,7 @@ def test_embedding_and_random_baselines(model):
 
 
 @pytest.mark.parametrize(("method", "request_args", "match"), [
-    ("influenz", {}, r"--method influenz: unknown; use one of embedding, gradient, influence, probe, random, test-influence"),
+    ("influenz", {}, r"--method influenz: unknown; use one of embedding, gradient, influence, probe, random, test-influence, tracin"),
     ("gradient", {}, r"--method gradient needs a query set"),
     ("embedding", {}, r"--method embedding needs a query set"),
     ("probe", {"batch_size": 0}, r"--batch-size 0: must be at least 1"),
@@ -171,7 +171,7 @@ def test_scorer_refusals(method, request_args, match):
         make_scorer(method, ScoreRequest(concept(), **request_args))
 
 
-ALL_METHODS = "['embedding', 'gradient', 'influence', 'probe', 'random', 'test-influence']"
+ALL_METHODS = "['embedding', 'gradient', 'influence', 'probe', 'random', 'test-influence', 'tracin']"
 
 
 @pytest.mark.parametrize(("first", "then"), [
@@ -191,3 +191,31 @@ def test_methods_of_other_modules_register_on_the_first_lookup(first, then):
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"{ALL_METHODS} True False\n"
+
+
+def test_tracin_sums_the_gradient_score_over_language_model_checkpoints(tmp_path):
+    """Hugging Face checkpoints (a folder of `checkpoint-N/` subfolders, as the Trainer writes them): tracin is
+    the sum of the gradient scores at each; another architecture is refused."""
+    from attribution.checkpoints import load_checkpoints
+    from attribution.models import load_model
+    from attribution.testbed import tiny_model
+
+    model = load_model(tiny_model(tmp_path / "final", seed=2))
+    for step, seed in ((100, 0), (200, 1)):
+        tiny_model(tmp_path / "run" / f"checkpoint-{step}", seed=seed)
+    checkpoints = load_checkpoints(model, [tmp_path / "run"])
+    examples, queries, c = qa(8, 11), tuple(qa(3, 12)), concept(1)
+    request = ScoreRequest(c, queries, proj_dim=512, checkpoints=checkpoints)
+    tracin = make_scorer("tracin", request).score(model, examples)
+    gradient = make_scorer("gradient", ScoreRequest(c, queries, proj_dim=512))
+    each = [gradient.score(m, examples) for m in checkpoints]
+    assert len(checkpoints) == 2 and np.allclose(tracin, each[0] + each[1], rtol=1e-6, atol=1e-9)
+    assert not np.allclose(each[0], each[1])
+
+    tiny_model(tmp_path / "deeper", n_layers=3)
+    with pytest.raises(MvalError, match=r"--checkpoint .*deeper: not a checkpoint of --model \(parameter "):
+        load_checkpoints(model, [tmp_path / "deeper"])
+    (tmp_path / "weightless").mkdir()
+    (tmp_path / "weightless" / "config.json").write_text((tmp_path / "final" / "config.json").read_text())
+    with pytest.raises(MvalError, match=r"^--checkpoint .*weightless: no weights \(model.safetensors"):
+        load_checkpoints(model, [tmp_path / "weightless"])

@@ -235,3 +235,27 @@ def test_a_level_too_big_for_imitation_is_named_by_file_and_index(tmp_path, monk
                       rollout=4, imitation_steps=16, max_steps=3)
     with pytest.raises(MvalError, match=rf"^{tmp_path}/tiny.txt: level 0: level has more than 3 reachable states"):
         Trainer(cfg, tmp_path / "run")
+
+
+def test_keep_every_keeps_the_agent_at_the_start_and_each_multiple_and_a_resume_drops_a_killed_runs(tmp_path):
+    write_levels(tmp_path / "tiny.txt", stack_levels([parse_levels(t)[0] for t in TINY]))
+    per_update = 4 * 4
+    cfg = TrainConfig(levels=str(tmp_path / "tiny.txt"), agent=DRCConfig(1, 1, 4, 4, 7, hidden=16), num_envs=4,
+                      rollout=4, imitation_steps=4 * per_update, max_steps=3, seed=0)
+    torch.manual_seed(cfg.seed)
+    start = DRC(cfg.agent)  # what a fresh Trainer makes
+    run = tmp_path / "run"
+    Trainer(cfg, run).run(keep_every=2 * per_update)
+    kept = run / "checkpoints"
+    assert sorted(p.name for p in kept.iterdir()) == [f"agent-{s:010d}.safetensors" for s in (0, 32, 64)]
+    first, last = load_agent(kept / "agent-0000000000.safetensors"), load_agent(kept / "agent-0000000064.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), start.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(last.state_dict().values(),
+                                                  load_agent(run / "agent.safetensors").state_dict().values()))
+    # a killed longer run kept agents past the checkpoint it is resumed from, and one cut off mid-write
+    shutil.copy(kept / "agent-0000000064.safetensors", kept / "agent-0000000096.safetensors")
+    (kept / "agent-0000000112.safetensors.tmp").write_bytes(b"cut off")
+    Trainer(replace(cfg, imitation_steps=5 * per_update), run).run(keep_every=5 * per_update)
+    assert sorted(p.name for p in kept.iterdir()) == [f"agent-{s:010d}.safetensors" for s in (0, 32, 64, 80)]
+    with pytest.raises(MvalError, match="--keep-every 0: must be at least 1"):
+        Trainer(cfg, tmp_path / "other").run(keep_every=0)

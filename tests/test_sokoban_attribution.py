@@ -327,3 +327,116 @@ def test_finetune_keeps_the_agent_at_the_start_of_each_epoch(level_file):
     assert len(trajectory) == 2 and torch.equal(weights[0], weights[1])  # the first is the agent itself
     assert not torch.equal(weights[1], weights[2]) and not torch.equal(weights[2], weights[3])
     assert not trajectory[0].training and trajectory[0] is not base
+
+
+def hand_gradients(net, example: Example, queries: list[Example], vector: np.ndarray,
+                   layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """grad f and grad L(z), flat, by autograd through the agent's own step(): f = mean over the queries of the
+    mean over steps of v . mean over squares of [h_layer, c_layer]; L(z) = mean cross-entropy of z's taught moves."""
+    params = [p for p in net.parameters() if p.requires_grad]
+
+    def run(e: Example):
+        level, episode = decode(e)
+        obs, _, _ = replay(level, episode.actions)
+        state, values, nll = net.initial_state(1), [], []
+        for t, target in enumerate(episode.targets):
+            logits, _, state = net.step(torch.from_numpy(obs[t : t + 1]), state)
+            x = torch.cat([state[0][layer - 1], state[1][layer - 1]], 1)[0].mean((1, 2))
+            values.append(torch.as_tensor(vector) @ x)
+            if target >= 0:
+                nll.append(F.cross_entropy(logits, torch.tensor([target])))
+        return torch.stack(values).mean(), torch.stack(nll).mean()
+
+    def flat(output: torch.Tensor) -> torch.Tensor:
+        grads = torch.autograd.grad(output, params, allow_unused=True)
+        return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)])
+
+    return flat(torch.stack([run(q)[0] for q in queries]).mean()), flat(run(example)[1])
+
+
+def test_tracin_is_the_gradient_score_summed_over_checkpoints(level_file, concept_file, tmp_path):
+    from attribution.sokoban.agent import save_agent
+    from attribution.sokoban.finetune import finetune
+
+    store = init_store(tmp_path / "s.duckdb")
+    data, queries = tmp_path / "levels.jsonl", tmp_path / "q.jsonl"
+    mval("sokoban", "dataset", level_file, "-o", data, "--store", store, "--dataset", "levels")
+    queries.write_text("".join(data.read_text().splitlines(True)[:2]))
+    examples, query_set = read_jsonl(data)[0], read_jsonl(queries)[0]
+    trajectory: list = []
+    tuned = finetune(load_agent(SHIPPED_AGENT), examples, epochs=3, lr=3e-3, batch_size=3, checkpoints=trajectory)
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for i, a in enumerate(trajectory):
+        save_agent(a, folder / f"agent-{i}.safetensors")
+    save_agent(tuned, tmp_path / "tuned.safetensors")
+    k = 8192
+    common = ("score", store, "--model", tmp_path / "tuned.safetensors", "--dataset", "levels", "--concept",
+              concept_file, "--queries", queries, "--proj-dim", k, "--format", "json")
+    mval(*common, "--method", "tracin", "--checkpoint", folder)
+    con = duckdb.connect(str(store), read_only=True)
+    got = dict(con.execute("SELECT example_id, score FROM scores WHERE method = 'tracin'").fetchall())
+    con.close()
+
+    concept = load_probe(concept_file)
+    exact, scale = [], []  # the projection's error is within 4 sd of sum_c |grad f| |grad L(z)| (JL)
+    for e in examples:
+        pairs = [hand_gradients(a, e, query_set, concept.vector, concept.layer) for a in trajectory]
+        exact.append(-sum(float(gf @ gl) for gf, gl in pairs))
+        scale.append(sum(float(gf.norm() * gl.norm()) for gf, gl in pairs))
+    tracin = np.array([got[e.example_id] for e in examples])
+    assert np.all(np.abs(tracin - exact) <= 4 * np.sqrt(2 / k) * np.array(scale)), (tracin, exact, scale)
+    assert np.corrcoef(tracin, exact)[0, 1] > 0.9
+    first = [-float(gf @ gl) for gf, gl in (hand_gradients(trajectory[0], e, query_set, concept.vector,
+                                                             concept.layer) for e in examples)]
+    assert np.corrcoef(first, exact)[0, 1] < 0.99  # the later checkpoints count: not the first one's ranking
+
+    # one checkpoint, the model itself: the gradient score exactly (same projection)
+    mval(*common, "--method", "tracin", "--checkpoint", tmp_path / "tuned.safetensors", "--concept-name", "one")
+    mval(*common, "--method", "gradient", "--concept-name", "one")
+    con = duckdb.connect(str(store), read_only=True)
+    one = con.execute("SELECT t.score, g.score FROM scores t JOIN scores g USING (example_id) WHERE t.method = "
+                      "'tracin' AND g.method = 'gradient' AND t.concept = 'one' AND g.concept = 'one'").fetchall()
+    con.close()
+    assert len(one) == len(examples) and all(t == pytest.approx(g, rel=1e-6) for t, g in one)
+
+
+def test_tracin_refuses_bad_checkpoints_in_one_line(level_file, concept_file, tmp_path):
+    from attribution.sokoban.agent import DRC, DRCConfig, save_agent
+
+    store = init_store(tmp_path / "s.duckdb")
+    data = tmp_path / "levels.jsonl"
+    mval("sokoban", "dataset", level_file, "-o", data, "--store", store, "--dataset", "levels")
+    folder, empty = tmp_path / "checkpoints", tmp_path / "empty"
+    folder.mkdir()
+    empty.mkdir()
+    save_agent(load_agent(SHIPPED_AGENT), folder / "agent-0.safetensors")
+    save_agent(DRC(DRCConfig(layers=2, ticks=2, channels=8)), tmp_path / "narrow.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    base = ("score", store, "--model", SHIPPED_AGENT, "--dataset", "levels", "--concept", concept_file,
+            "--queries", data)
+
+    def refused(*args, match):
+        result = mval(*base, *args, ok=False)
+        assert result.exit_code == 2 and match in result.output and "Traceback" not in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+    refused("--method", "gradient", "--checkpoint", folder, match="only --method tracin reads checkpoints")
+    refused("--method", "tracin", match="--method tracin needs the model's checkpoints: give --checkpoint PATH")
+    refused("--method", "tracin", "--checkpoint", tmp_path / "none", match="no such file or folder")
+    refused("--method", "tracin", "--checkpoint", empty, match="a folder with no models in it")
+    refused("--method", "tracin", "--checkpoint", tmp_path / "narrow.safetensors",
+            match="not a checkpoint of --model (parameter ")
+    refused("--method", "tracin", "--checkpoint", folder, "--checkpoint", SHIPPED_AGENT,
+            match="the same weights as")
+    refused("--method", "tracin", "--checkpoint", tmp_path / "junk.safetensors",
+            match=f"--checkpoint {tmp_path / 'junk.safetensors'}")
+    mval(*base, "--method", "tracin", "--checkpoint", folder, "--proj-dim", 64)
+    refused("--method", "tracin", "--checkpoint", SHIPPED_AGENT, "--checkpoint", tmp_path / "narrow.safetensors",
+            "--proj-dim", 64, match="not a checkpoint of --model")
+    save_agent(DRC(load_agent(SHIPPED_AGENT).config), folder / "agent-1.safetensors")
+    refused("--method", "tracin", "--checkpoint", folder, "--proj-dim", 64,
+            match="already has tracin scores for concept 'push-left' made with a different checkpoint set")
+    con = duckdb.connect(str(store), read_only=True)
+    assert con.execute("SELECT count(*) FROM scores WHERE method = 'tracin'").fetchone()[0] == 6  # left as it was
+    con.close()

@@ -91,15 +91,18 @@ def levels(size: int, boxes: int, n: int, min_length: int, max_length: int, seed
 @click.option("--rl-lr", default=2e-4, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--time-limit", default=None, type=float, help="Stop (and checkpoint) after this many seconds.")
+@click.option("--keep-every", default=None, type=click.IntRange(min=1),
+              help="Also keep the agent every this many env steps (and at the start) in OUT/checkpoints/: the "
+                   "checkpoints of `mval score --method tracin`.")
 @click.option("--threads", default=1, show_default=True, help="Torch CPU threads.")
 @format_option("table", "json")
 def train(out, levels_path, size, boxes, n_levels, min_length, layers, ticks, channels, num_envs, rollout,
-          imitation_steps, rl_steps, max_steps, lr, rl_lr, seed, time_limit, threads, fmt) -> None:
+          imitation_steps, rl_steps, max_steps, lr, rl_lr, seed, time_limit, keep_every, threads, fmt) -> None:
     """Train a DRC(D, N) agent: imitation of the exact solver, then actor-critic; resumable.
 
     The run folder holds agent.safetensors (the agent), optimizer.safetensors and state.json (resume
     point), levels.txt, episodes.csv (one row per finished training episode) and episodes.jsonl (its
-    moves). A resume first drops the episodes recorded after the last checkpoint (a killed run's);
+    moves); with --keep-every, checkpoints/agent-<env steps>.safetensors. A resume first drops the episodes recorded after the last checkpoint (a killed run's);
     a checkpoint is written whole or not at all: a kill while its files are written resumes from the
     one before, a kill while they are renamed into place completes it on resume.
 
@@ -121,7 +124,7 @@ def train(out, levels_path, size, boxes, n_levels, min_length, layers, ticks, ch
         imitation_steps=imitation_steps, rl_steps=rl_steps, max_steps=max_steps, lr=lr, rl_lr=rl_lr, seed=seed,
     )
     trainer = Trainer(cfg, out)
-    result = trainer.run(time_limit=time_limit)
+    result = trainer.run(time_limit=time_limit, keep_every=keep_every)
     emit([result.to_dict()], fmt)
     if trainer.interrupted:
         click.echo(f"Error: interrupted; checkpoint saved in {out} at {result.env_steps} env steps "

@@ -19,6 +19,9 @@ taught actions and rewards: the per-level record that attribution builds on). st
 many bytes of each episodes file the checkpoint covers; a resume cuts them back to that (a fresh run
 to nothing), so a run killed after its last checkpoint leaves none of the episodes it then played.
 A resumed run restarts its boards from the level starts, seeded by the update count.
+With `keep_every` (`--keep-every`), the agent is also kept as checkpoints/agent-<env steps>.safetensors at
+the start and each time the env steps pass a multiple of it: the checkpoints that `mval score --method
+tracin` sums over. A resume deletes those kept after its resume point (a killed run's).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from mval.progress import progress
 EPISODE_FILES = ("episodes.csv", "episodes.jsonl")
 RUN_MARKER = ".mval-sokoban-run"  # written first into a fresh run folder: its other files are the run's own
 CHECKPOINT_FILES = ("agent.safetensors", "optimizer.safetensors")  # state.json records their sha256
+KEPT = "checkpoints"  # the agents kept every `keep_every` env steps
 
 
 @dataclass(frozen=True)
@@ -247,10 +251,12 @@ class Trainer:
             self.agent = load_agent(self.out / "agent.safetensors")
             self.agent.train()
             self._drop_unsaved_episodes(saved.get("episode_bytes", {}))
+            self._drop_kept_after(self.env_steps)
         else:  # a fresh start; a run killed before its first checkpoint leaves files that other options made
             torch.manual_seed(config.seed)
             self.agent = DRC(config.agent)
             self._drop_unsaved_episodes(dict.fromkeys(EPISODE_FILES, 0))
+            self._drop_kept_after(-1)
             cached = self.out / "levels.txt"
             if config.levels is None or not cached.is_file() or not cached.samefile(config.levels):
                 cached.unlink(missing_ok=True)
@@ -363,6 +369,21 @@ class Trainer:
             path.replace(self.out / name)
         _fsync_dir(self.out)
 
+    def keep(self) -> None:
+        """Keep a copy of the agent as checkpoints/agent-<env steps>.safetensors (written whole, then renamed)."""
+        folder = self.out / KEPT
+        folder.mkdir(exist_ok=True)
+        path = folder / f"agent-{self.env_steps:010d}.safetensors"
+        staged = path.with_name(path.name + ".tmp")
+        save_agent(self.agent, staged, {"env_steps": self.env_steps})
+        staged.replace(path)
+
+    def _drop_kept_after(self, env_steps: int) -> None:
+        """Delete the kept agents of more than `env_steps` env steps (and any cut-off .tmp file)."""
+        for path in (self.out / KEPT).glob("agent-*.safetensors*"):
+            if path.name.endswith(".tmp") or int(path.name.split("-")[1].split(".")[0]) > env_steps:
+                path.unlink()
+
     def _record(self, episode: dict, phase: str) -> None:
         done = episode["level_id"] >= 0
         path = self.out / "episodes.csv"
@@ -387,7 +408,12 @@ class Trainer:
                                    separators=(",", ":")) + "\n")
                 moves.clear()
 
-    def run(self, time_limit: float | None = None, checkpoint_seconds: float = 120.0) -> TrainResult:
+    def run(self, time_limit: float | None = None, checkpoint_seconds: float = 120.0,
+            keep_every: int | None = None) -> TrainResult:
+        """Train until the phases' env steps are done or `time_limit` seconds have passed; checkpoint every
+        `checkpoint_seconds` and at the end; keep the agent every `keep_every` env steps (see `keep`)."""
+        if keep_every is not None and keep_every < 1:
+            raise MvalError(f"--keep-every {keep_every}: must be at least 1 env step")
         cfg = self.config
         total = cfg.imitation_steps + cfg.rl_steps
         per_update = cfg.num_envs * cfg.rollout
@@ -401,6 +427,8 @@ class Trainer:
         start_time = last_save = time.time()
         first_steps = self.env_steps
         n_updates = max(0, -(-(total - self.env_steps) // per_update))
+        if keep_every is not None and self.env_steps == 0:
+            self.keep()
         with _stop_on_interrupt() as stop:
             for _ in progress(range(n_updates), "training", n_updates):
                 if stop.asked:  # a Ctrl-C: stop after a whole update and checkpoint
@@ -480,6 +508,8 @@ class Trainer:
                 state = (state[0].detach(), state[1].detach())
                 self.env_steps += per_update
                 self.updates += 1
+                if keep_every is not None and self.env_steps // keep_every > (self.env_steps - per_update) // keep_every:
+                    self.keep()
                 now = time.time()
                 if now - last_save > checkpoint_seconds:
                     self.save()
