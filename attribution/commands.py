@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from attribution.checkpoints import load_checkpoints
+from attribution.checkpoints import checkpoint_paths, load_checkpoints
 from attribution.curate import curate as curate_dataset
 from attribution.examples import add_examples, read_jsonl
 from attribution.models import load_hf_model, load_model
@@ -150,7 +150,7 @@ def check_cache_dir(path: Path) -> Path:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the projection / random baseline.")
 @click.option("--damping", type=float, default=None,
               help="Influence only: lambda in (H + lambda I)^-1 [default: 0.1 x the mean EK-FAC eigenvalue].")
-@click.option("--checkpoint", "checkpoint_paths", multiple=True, type=click.Path(),
+@click.option("--checkpoint", "checkpoint_args", multiple=True, type=click.Path(),
               help="tracin only (repeat it): the model saved during its training, or a folder of such models.")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Projected gradients and EK-FAC factors (default: STORE.cache/ next to the store).")
@@ -159,7 +159,7 @@ def check_cache_dir(path: Path) -> Path:
 @format_option("table", "json", "csv")
 def score(store: str, model_dir: str, dataset: str, concept_file: str, method: str, queries: str | None,
           concept_name: str | None, batch_size: int, proj_dim: int, seed: int, damping: float | None,
-          checkpoint_paths: tuple[str, ...], cache_dir: str | None, replace: bool, top: int, fmt: str) -> None:
+          checkpoint_args: tuple[str, ...], cache_dir: str | None, replace: bool, top: int, fmt: str) -> None:
     """Score every example of a dataset against a concept; write `scores` and print the top ones.
 
     Higher means the example pushes the model towards the concept. A killed run resumes where it
@@ -177,8 +177,8 @@ def score(store: str, model_dir: str, dataset: str, concept_file: str, method: s
     if damping is not None and method not in INFLUENCE_METHODS:
         raise MvalError(f"--damping {damping}: only --method {' and '.join(INFLUENCE_METHODS)} use it; "
                         f"leave it out for --method {method}")
-    if checkpoint_paths and method != "tracin":
-        raise MvalError(f"--checkpoint {checkpoint_paths[0]}: only --method tracin reads checkpoints; leave it out "
+    if checkpoint_args and method != "tracin":
+        raise MvalError(f"--checkpoint {checkpoint_args[0]}: only --method tracin reads checkpoints; leave it out "
                         f"for --method {method}")
     if queries is not None and not needs_queries(method):
         raise MvalError(f"--queries {queries}: --method {method} does not read a query set (it scores each example "
@@ -186,9 +186,10 @@ def score(store: str, model_dir: str, dataset: str, concept_file: str, method: s
     cache = check_cache_dir(Path(cache_dir) if cache_dir else Path(f"{store}.cache"))
     concept = load_probe(concept_file)
     query_set = tuple(read_jsonl(queries, with_id=False)[0]) if queries else ()
+    checkpoints = checkpoint_paths(checkpoint_args)  # missing paths refused before the model loads
     model = load_model(model_dir)
     request = ScoreRequest(concept, query_set, seed, batch_size, proj_dim, cache, damping,
-                           load_checkpoints(model, checkpoint_paths))
+                           load_checkpoints(model, checkpoints))
     scorer = make_scorer(method, request)
     name = concept_name or Path(concept_file).stem
     with open_store(store) as con:

@@ -370,7 +370,7 @@ def planted(base_agent_path: Path, exclude: np.ndarray, tmp: Path, quick: bool, 
         "habit_states": habit.n_states, "queries": len(queries), "epochs": epochs, "lr": lr, "seeds": seeds,
         "concept": probe_info,
         "gradient_auroc_by_probe_source": by_source_auroc,
-        "gradient_tracin_auroc_by_probe_source": by_source_tracin,
+        "tracin_auroc_by_probe_source": by_source_tracin,
         "gradient_auroc_habit_concept": habit_concept_auroc,
         # left moves (habit and optimal ones) per planted demonstration
         "planted_left_moves": float(np.mean([json.loads(e.response)["actions"].count(LEFT)

@@ -102,9 +102,10 @@ def train(out, levels_path, size, boxes, n_levels, min_length, layers, ticks, ch
 
     The run folder holds agent.safetensors (the agent), optimizer.safetensors and state.json (resume
     point), levels.txt, episodes.csv (one row per finished training episode) and episodes.jsonl (its
-    moves); with --keep-every, checkpoints/agent-<env steps>.safetensors. A resume first drops the episodes recorded after the last checkpoint (a killed run's);
-    a checkpoint is written whole or not at all: a kill while its files are written resumes from the
-    one before, a kill while they are renamed into place completes it on resume.
+    moves); with --keep-every, checkpoints/agent-<env steps>.safetensors. A resume first drops the
+    episodes (and kept agents) recorded after the last checkpoint (a killed run's); a checkpoint is
+    written whole or not at all: a kill while its files are written resumes from the one before, a
+    kill while they are renamed into place completes it on resume.
 
     \b
     Example:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -381,7 +382,8 @@ class Trainer:
     def _drop_kept_after(self, env_steps: int) -> None:
         """Delete the kept agents of more than `env_steps` env steps (and any cut-off .tmp file)."""
         for path in (self.out / KEPT).glob("agent-*.safetensors*"):
-            if path.name.endswith(".tmp") or int(path.name.split("-")[1].split(".")[0]) > env_steps:
+            kept = re.fullmatch(r"agent-(\d+)\.safetensors(\.tmp)?", path.name)
+            if kept is not None and (kept[2] or int(kept[1]) > env_steps):
                 path.unlink()
 
     def _record(self, episode: dict, phase: str) -> None:
