@@ -1,8 +1,8 @@
 """The checkpoints of a model's training run, for TracIn (`--method tracin`): found, loaded, checked.
 
 A checkpoint is a model that `--model` accepts (a Sokoban agent's `.safetensors` file, or a Hugging Face
-folder); a folder that is not a model itself holds checkpoints: its agents' `.safetensors` files and its
-Hugging Face subfolders (such as the Trainer's `checkpoint-500/`). Every checkpoint must be the same model
+folder); a folder can also hold checkpoints: agents' `.safetensors` files, or Hugging Face subfolders (the
+Trainer's `checkpoint-500/`; see `checkpoint_paths`). Every checkpoint must be the same model
 as `--model` at another point of its training: the same parameters (names and shapes) and, for a language
 model, the same config and tokenizer.
 """
@@ -19,19 +19,28 @@ FIX = "give checkpoints saved during the training of --model (e.g. `mval sokoban
 
 
 def checkpoint_paths(paths: Sequence[str | Path]) -> list[Path]:
-    """Each path as given, or, for a folder that is not a model, the models in it in name order."""
+    """Each path as given, or, for a folder, the models in it in name order: its subfolders with a config.json
+    (the Trainer's `checkpoint-N/`, which win over a final model saved beside them) and, in a folder that is not
+    a Hugging Face model itself, its `.safetensors` agent files."""
     found = []
     for path in map(Path, paths):
         if not path.exists():
             raise MvalError(f"--checkpoint {path}: no such file or folder; {FIX}")
-        if path.is_file() or (path / "config.json").is_file():
+        if path.is_file():
             found.append(path)
             continue
-        inside = sorted([*path.glob("*.safetensors"), *(p.parent for p in path.glob("*/config.json"))])
-        if not inside:
+        if (path / "state.json").is_file() and (path / "optimizer.safetensors").is_file():
+            raise MvalError(f"--checkpoint {path}: a `mval sokoban train` run folder; give the agents it kept, "
+                            f"--checkpoint {path / 'checkpoints'} (trained with --keep-every N)")
+        models = sorted(p.parent for p in path.glob("*/config.json"))
+        if not (path / "config.json").is_file():
+            models += sorted(path.glob("*.safetensors"))
+        elif not models:
+            models = [path]
+        if not models:
             raise MvalError(f"--checkpoint {path}: a folder with no models in it (no agent .safetensors files, no "
                             f"Hugging Face subfolders with a config.json); {FIX}")
-        found.extend(inside)
+        found.extend(models)
     return found
 
 

@@ -203,6 +203,7 @@ def test_tracin_sums_the_gradient_score_over_language_model_checkpoints(tmp_path
     model = load_model(tiny_model(tmp_path / "final", seed=2))
     for step, seed in ((100, 0), (200, 1)):
         tiny_model(tmp_path / "run" / f"checkpoint-{step}", seed=seed)
+    tiny_model(tmp_path / "run", seed=3)  # the final model saved beside its checkpoints: the subfolders win
     checkpoints = load_checkpoints(model, [tmp_path / "run"])
     examples, queries, c = qa(8, 11), tuple(qa(3, 12)), concept(1)
     request = ScoreRequest(c, queries, proj_dim=512, checkpoints=checkpoints)

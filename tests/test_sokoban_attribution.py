@@ -425,6 +425,11 @@ def test_tracin_refuses_bad_checkpoints_in_one_line(level_file, concept_file, tm
     refused("--method", "tracin", match="--method tracin needs the model's checkpoints: give --checkpoint PATH")
     refused("--method", "tracin", "--checkpoint", tmp_path / "none", match="no such file or folder")
     refused("--method", "tracin", "--checkpoint", empty, match="a folder with no models in it")
+    run = tmp_path / "run"
+    mval("sokoban", "train", "-o", run, "--levels", level_file, "--layers", 1, "--ticks", 1, "--channels", 4,
+         "--num-envs", 4, "--rollout", 4, "--imitation-steps", 16)
+    refused("--method", "tracin", "--checkpoint", run,
+            match=f"a `mval sokoban train` run folder; give the agents it kept, --checkpoint {run / 'checkpoints'}")
     refused("--method", "tracin", "--checkpoint", tmp_path / "narrow.safetensors",
             match="not a checkpoint of --model (parameter ")
     refused("--method", "tracin", "--checkpoint", folder, "--checkpoint", SHIPPED_AGENT,
