@@ -510,8 +510,8 @@ class Trainer:
                 state = (state[0].detach(), state[1].detach())
                 self.env_steps += per_update
                 self.updates += 1
-                if keep_every is not None and self.env_steps // keep_every > (self.env_steps - per_update) // keep_every:
-                    self.keep()
+                if keep_every is not None and self.env_steps % keep_every < per_update:
+                    self.keep()  # the env steps passed a multiple of keep_every in this update
                 now = time.time()
                 if now - last_save > checkpoint_seconds:
                     self.save()
