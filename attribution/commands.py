@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -11,7 +12,7 @@ from attribution.curate import curate as curate_dataset
 from attribution.examples import add_examples, read_jsonl
 from attribution.models import load_hf_model, load_model
 from attribution.probes import direction_from_file, load_probe, train_probe
-from attribution.scorers import ScoreRequest, make_scorer, needs_queries
+from attribution.scorers import ScoreRequest, check_method, make_scorer, needs_queries
 from attribution.scoring import INFLUENCE_METHODS, score_dataset, top_scores
 from mval.errors import MvalError
 from mval.files import check_not_an_input, check_output_path, output_file_option
@@ -186,10 +187,11 @@ def score(store: str, model_dir: str, dataset: str, concept_file: str, method: s
     cache = check_cache_dir(Path(cache_dir) if cache_dir else Path(f"{store}.cache"))
     concept = load_probe(concept_file)
     query_set = tuple(read_jsonl(queries, with_id=False)[0]) if queries else ()
-    checkpoints = checkpoint_paths(checkpoint_args)  # missing paths refused before the model loads
+    request = ScoreRequest(concept, query_set, seed, batch_size, proj_dim, cache, damping)
+    check_method(method, request)  # a mistyped method or missing queries: refused before the model loads
+    checkpoints = checkpoint_paths(checkpoint_args)
     model = load_model(model_dir)
-    request = ScoreRequest(concept, query_set, seed, batch_size, proj_dim, cache, damping,
-                           load_checkpoints(model, checkpoints))
+    request = dataclasses.replace(request, checkpoints=load_checkpoints(model, checkpoints))
     scorer = make_scorer(method, request)
     name = concept_name or Path(concept_file).stem
     with open_store(store) as con:

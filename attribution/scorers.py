@@ -101,13 +101,18 @@ def needs_queries(method: str) -> bool:
     return method in _NEEDS_QUERIES
 
 
-def make_scorer(method: str, request: ScoreRequest) -> Scorer:
+def check_method(method: str, request: ScoreRequest) -> None:
+    """Refuse an unknown method, or one that needs a query set the request lacks (before any model loads)."""
     factories = registered()
     if method not in factories:
         raise MvalError(f"--method {method}: unknown; use one of {', '.join(sorted(factories))}")
     if needs_queries(method) and not request.queries:
         raise MvalError(f"--method {method} needs a query set: give --queries Q.jsonl (prompts showing the behaviour)")
-    return factories[method](request)
+
+
+def make_scorer(method: str, request: ScoreRequest) -> Scorer:
+    check_method(method, request)
+    return registered()[method](request)
 
 
 @register("probe")
