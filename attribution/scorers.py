@@ -206,6 +206,7 @@ class TracInScorer:
 
     request: ScoreRequest
     _gradient: GradientScorer = field(init=False)
+    _checked: set[int] = field(default_factory=set)  # ids of the models the checkpoints were checked against
 
     def __post_init__(self) -> None:
         if not self.request.checkpoints:
@@ -214,6 +215,8 @@ class TracInScorer:
         self._gradient = GradientScorer(self.request)
 
     def score(self, model: ConceptModel, examples: Sequence[Example]) -> np.ndarray:
-        for i, checkpoint in enumerate(self.request.checkpoints):
-            check_same_model(model, checkpoint, f"number {i + 1}")
+        if id(model) not in self._checked:  # once per model, not per batch
+            for i, checkpoint in enumerate(self.request.checkpoints):
+                check_same_model(model, checkpoint, f"number {i + 1}")
+            self._checked.add(id(model))
         return sum(self._gradient.score(c, examples) for c in self.request.checkpoints)

@@ -216,6 +216,9 @@ def test_tracin_sums_the_gradient_score_over_language_model_checkpoints(tmp_path
     tiny_model(tmp_path / "deeper", n_layers=3)
     with pytest.raises(MvalError, match=r"--checkpoint .*deeper: not a checkpoint of --model \(parameter "):
         load_checkpoints(model, [tmp_path / "deeper"])
+    deeper = ScoreRequest(c, queries, proj_dim=512, checkpoints=(load_model(tmp_path / "deeper"),))
+    with pytest.raises(MvalError, match=r"--checkpoint number 1: not a checkpoint of --model"):  # not loaded by path
+        make_scorer("tracin", deeper).score(model, examples)
     (tmp_path / "weightless").mkdir()
     (tmp_path / "weightless" / "config.json").write_text((tmp_path / "final" / "config.json").read_text())
     with pytest.raises(MvalError, match=r"^--checkpoint .*weightless: no weights \(model.safetensors"):
